@@ -1,0 +1,39 @@
+# One command to set up and run, one to set up and test.  See README.md.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: run test setup test-deps bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## run: set up, create ./demo (SQLite, outgoing mail as .eml files in demo/var/outgoing) and run the daemon
+run: $(STAMP)
+	@test -f demo/mailticket.toml || $(BIN)/mailticket init demo
+	$(BIN)/mailticket --config demo/mailticket.toml run
+
+## test-deps: what the tests talk to: Dovecot (IMAP) and a running PostgreSQL
+test-deps:
+	@bash scripts/test-deps.sh
+
+## test: set up everything the tests need and run the whole suite (SQLite and PostgreSQL)
+test: $(STAMP) test-deps
+	$(BIN)/pytest -q
+
+## bench: the benchmarks, printing figures and ratios to their baselines
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+lint: $(STAMP)
+	$(BIN)/pip install --quiet ruff
+	$(BIN)/ruff check mailticket
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache

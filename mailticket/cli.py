@@ -1,0 +1,447 @@
+"""The `mailticket` command tree (click): options in, a library call, a table or JSON out.
+
+Errors a user can fix become one clear line (`click.ClickException`), never a
+traceback.  `--json` output is for scripts and is a contract (DESIGN.md section 4).
+Exit code 75 (EX_TEMPFAIL) tells an MTA to retry later.
+"""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import os
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from . import __version__, intake, outbox, tickets
+from .app import App, load_config, open_app
+from .errors import MailticketError, RulesError, StorageError
+from .intake import Incoming
+
+EX_TEMPFAIL = 75
+SAMPLE_RULES = Path(__file__).resolve().parent.parent / "rules"
+
+
+class TryLater(click.ClickException):
+    """The database could not be reached: exit 75 so that an MTA or a script retries."""
+
+    exit_code = EX_TEMPFAIL
+
+
+class Ctx:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._app: App | None = None
+
+    @property
+    def config(self):
+        try:
+            return load_config(self.config_path)
+        except MailticketError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    def app(self) -> App:
+        if self._app is None:
+            try:
+                self._app = open_app(self.config)
+            except RulesError as exc:
+                raise click.ClickException(
+                    f"the rules are broken; fix them (see `mailticket rules check`):\n{exc}"
+                ) from None
+            except StorageError as exc:
+                raise TryLater(f"{exc}; try again later") from None
+            except MailticketError as exc:
+                raise click.ClickException(str(exc)) from None
+        return self._app
+
+    def close(self) -> None:
+        if self._app is not None:
+            self._app.close()
+            self._app = None
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Output JSON for scripts.")
+
+
+def emit_json(data) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=None, default=str))
+
+
+def table(rows: list[list], headers: list[str]) -> None:
+    """A plain aligned table."""
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[str("" if c is None else c) for c in row] for row in [headers, *rows]]
+    widths = [min(max(len(r[i]) for r in cells), 60) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        click.echo("  ".join(c[:60].ljust(w) for c, w in zip(row, widths)).rstrip())
+        if n == 0:
+            click.echo("  ".join("-" * w for w in widths))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="MAILTICKET_CONFIG",
+              help="Configuration file (default: ./mailticket.toml, or $MAILTICKET_CONFIG).")
+@click.version_option(__version__, prog_name="mailticket")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """mailticket: a helpdesk that lives in email.
+
+    Every email becomes a ticket, threaded by its [#N] token or its References,
+    routed by the YAML rules and acknowledged from a template.
+    """
+    ctx.obj = Ctx(config_path)
+    ctx.call_on_close(ctx.obj.close)
+
+
+# --- init --------------------------------------------------------------------------------
+
+CONFIG_TEMPLATE = """\
+# mailticket configuration. Every key has a default; see `mailticket --help` and the README.
+
+[helpdesk]
+name = "{name}"
+address = "{address}"          # customers write here; acknowledgements come from here
+token = "[#{{number}}]"             # the subject token that threads replies
+timezone = "UTC"
+language = "en"                  # for messages whose language cannot be told
+languages = ["en", "fr", "nl"]   # acknowledgement templates exist for these
+auto_reply_limit = 5             # automatic mails per address per hour, at most
+
+[database]
+url = "sqlite:///var/mailticket.db"   # or postgresql://user@host/dbname
+
+[smtp]
+listen = "127.0.0.1:2525"
+lmtp = false
+domains = []          # accept any recipient in these domains (empty: the address above only)
+max_size = 26214400   # bytes
+
+[outgoing]
+transport = "folder"       # "folder" writes .eml files; "smtp" sends through a smarthost
+folder = "var/outgoing"
+
+[paths]
+rules = "rules"
+templates = "templates"        # your own templates override the shipped ones
+attachments = "var/attachments"
+"""
+
+
+@main.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@click.option("--address", default="support@example.com", show_default=True,
+              help="The helpdesk's customer-facing address.")
+@click.option("--name", default="Support", show_default=True, help="The helpdesk's name.")
+@click.option("--force", is_flag=True, help="Overwrite an existing mailticket.toml.")
+def init(directory: str, address: str, name: str, force: bool) -> None:
+    """Create a working helpdesk in DIRECTORY: config, database, sample rules."""
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    cfg_file = target / "mailticket.toml"
+    if cfg_file.exists() and not force:
+        click.echo(f"{cfg_file} exists; keeping it (use --force to overwrite)")
+    else:
+        cfg_file.write_text(CONFIG_TEMPLATE.format(name=name, address=address), encoding="utf-8")
+        click.echo(f"wrote {cfg_file}")
+    rules_dir = target / "rules"
+    if not rules_dir.exists() and SAMPLE_RULES.is_dir():
+        shutil.copytree(SAMPLE_RULES, rules_dir)
+        click.echo(f"copied the sample rules to {rules_dir}")
+    rules_dir.mkdir(exist_ok=True)
+    (target / "templates").mkdir(exist_ok=True)
+    try:
+        app = open_app(load_config(str(cfg_file)))
+    except MailticketError as exc:
+        raise click.ClickException(str(exc)) from None
+    app.close()
+    click.echo(f"database ready at {app.config.database.url}")
+    click.echo(f"next: mailticket --config {cfg_file} ingest MESSAGE.eml")
+
+
+# --- ingest ------------------------------------------------------------------------------
+
+
+def read_inputs(paths: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
+    """(where, raw bytes) for every message in .eml files, mboxes, Maildirs and stdin."""
+    for p in paths:
+        if p == "-":
+            data = sys.stdin.buffer.read()
+            if data.startswith(b"From "):  # an MTA's envelope line (Postfix pipe flag F)
+                data = data.split(b"\n", 1)[1] if b"\n" in data else b""
+            yield "-", data
+            continue
+        path = Path(p)
+        if path.is_dir():
+            if not all((path / sub).is_dir() for sub in ("cur", "new")):
+                raise click.BadParameter(f"{p}: a folder, but not a Maildir (no cur/ and new/)")
+            md = mailbox.Maildir(path, factory=None, create=False)
+            for key in sorted(md.iterkeys()):
+                yield f"{p}:{key}", md.get_bytes(key)
+            continue
+        with path.open("rb") as fh:
+            head = fh.read(5)
+        if head == b"From ":
+            box = mailbox.mbox(path, factory=None, create=False)
+            for n, key in enumerate(box.iterkeys()):
+                yield f"{p}#{n + 1}", box.get_bytes(key, from_=False)
+        else:
+            yield str(path), path.read_bytes()
+
+
+def count_inputs(paths: tuple[str, ...]) -> int | None:
+    """A cheap message count for the progress bar (None when it would cost a read)."""
+    total = 0
+    for p in paths:
+        path = Path(p)
+        if p == "-":
+            return None
+        if path.is_dir():
+            total += sum(len(os.listdir(path / s)) for s in ("cur", "new") if (path / s).is_dir())
+        elif path.stat().st_size > 1_000_000:
+            with path.open("rb") as fh:
+                total += sum(chunk.count(b"\nFrom ") for chunk in iter(lambda: fh.read(1 << 20), b"")) + 1
+        else:
+            total += 1
+    return total
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@json_option
+@click.option("--batch", default=100, show_default=True, help="Messages stored and processed per transaction.")
+@click.pass_obj
+def ingest(obj: Ctx, paths: tuple[str, ...], as_json: bool, batch: int) -> None:
+    """Store and process messages from .eml files, mboxes, Maildirs or - (stdin).
+
+    Each message is first committed to the durable inbox, then run through the
+    pipeline. With --json, one line per message:
+    {"message_id", "outcome", "ticket", "reason"}; outcome is one of created,
+    appended, duplicate, suppressed, bounce, quarantined.
+
+    Exit status: 0 when every message was stored (quarantine counts as stored),
+    75 when one could not be stored, so that an MTA retries later.
+    """
+    for p in paths:
+        if p != "-" and not Path(p).exists():
+            raise click.BadParameter(f"{p}: no such file or folder", param_hint="PATHS")
+    app = obj.app()
+    app.worker.batch = batch
+    counts: Counter[str] = Counter()
+    failed = 0
+    show_bar = not as_json and sys.stderr.isatty()
+    total = count_inputs(paths) if show_bar else None
+    results: list = []
+
+    def report(result) -> None:
+        counts[result.outcome] += 1
+        if as_json:
+            emit_json(result.as_dict())
+        else:
+            results.append(result)
+
+    with click.progressbar(length=total or 0, label="ingesting", file=sys.stderr,
+                           hidden=not (show_bar and total and total > 50)) as bar:
+        pending: list[Incoming] = []
+
+        def flush() -> None:
+            nonlocal failed
+            try:
+                ids = intake.store_many(pending, now=app.clock.now())
+            except StorageError as exc:
+                click.echo(f"mailticket: {exc}", err=True)
+                failed += len(pending)
+                pending.clear()
+                return
+            n = len(pending)
+            pending.clear()
+            app.worker.run_pending(ids=ids, on_result=report)
+            bar.update(n)
+
+        for _where, raw in read_inputs(paths):
+            pending.append(Incoming(raw, "ingest"))
+            if len(pending) >= batch:
+                flush()
+        if pending:
+            flush()
+    if not as_json:
+        if len(results) <= 20:
+            for r in results:
+                where = f"#{r.ticket}" if r.ticket else "-"
+                click.echo(f"{r.outcome:<11} {where:<7} {r.message_id or '(no Message-ID)'}"
+                           + (f"  ({r.reason})" if r.reason else ""))
+        click.echo(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no messages")
+    if failed:
+        click.echo(f"mailticket: {failed} message(s) could not be stored; try again later", err=True)
+        sys.exit(EX_TEMPFAIL)
+
+
+# --- tickets -----------------------------------------------------------------------------
+
+
+@main.group()
+def ticket() -> None:
+    """List and show tickets."""
+
+
+@ticket.command("list")
+@click.option("--status", help="Only tickets with this status.")
+@click.option("--queue", help="Only tickets in this queue.")
+@click.option("--requester", help="Only tickets of this customer address.")
+@click.option("--limit", default=50, show_default=True)
+@json_option
+@click.pass_obj
+def ticket_list(obj: Ctx, status, queue, requester, limit, as_json) -> None:
+    """List tickets, newest first."""
+    obj.app()
+    rows = tickets.listing(status=status, queue=queue, requester=requester, limit=limit)
+    if as_json:
+        emit_json([tickets.as_dict(t, full=False) for t in rows])
+        return
+    table([[f"#{t.number}", t.status, t.priority, t.queue, t.requester, t.subject] for t in rows],
+          ["ticket", "status", "prio", "queue", "requester", "subject"])
+
+
+@ticket.command("show")
+@click.argument("number", type=int)
+@json_option
+@click.pass_obj
+def ticket_show(obj: Ctx, number: int, as_json: bool) -> None:
+    """Show ticket NUMBER: its fields, messages (new text) and history."""
+    obj.app()
+    t = tickets.by_number(number)
+    if t is None:
+        raise click.ClickException(f"no ticket #{number} (see `mailticket ticket list`)")
+    data = tickets.as_dict(t)
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"#{t.number} {t.subject}")
+    for key in ("status", "priority", "queue", "tier", "requester", "assignee", "tags", "fields", "cc"):
+        if data[key] not in (None, [], {}):
+            click.echo(f"  {key:<10} {data[key]}")
+    if data["previous_tickets"]:
+        click.echo(f"  {'previous':<10} " + ", ".join(f"#{n}" for n in data["previous_tickets"]))
+    for m in data["messages"]:
+        click.echo(f"\n--- {m['date']}  {m['direction']} {m['kind']}  {m['from']}")
+        click.echo(m["text"].rstrip() or "(no new text)")
+        for a in m["attachments"]:
+            click.echo(f"  [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)")
+    click.echo("\nhistory:")
+    for e in data["events"]:
+        click.echo(f"  {e['at']}  {e['actor']:<24} {e['kind']} {json.dumps(e['detail'], ensure_ascii=False)}")
+
+
+# --- outbox ------------------------------------------------------------------------------
+
+
+@main.group("outbox")
+def outbox_group() -> None:
+    """Outgoing mail: list, deliver now, retry dead messages."""
+
+
+@outbox_group.command("list")
+@click.option("--state", type=click.Choice(["queued", "sent", "retry", "dead"]))
+@click.option("--limit", default=50, show_default=True)
+@json_option
+@click.pass_obj
+def outbox_list(obj: Ctx, state, limit, as_json) -> None:
+    """List outgoing messages, newest first."""
+    obj.app()
+    rows = outbox.listing(state, limit)
+    if as_json:
+        emit_json([outbox.as_dict(r) for r in rows])
+        return
+    table([[r.id, f"#{r.ticket}" if r.ticket else "", r.kind, r.state, r.attempts, r.to_addr, r.subject]
+           for r in rows], ["id", "ticket", "kind", "state", "tries", "to", "subject"])
+
+
+@outbox_group.command("deliver")
+@click.pass_obj
+def outbox_deliver(obj: Ctx) -> None:
+    """Deliver every message that is due, once, and report."""
+    app = obj.app()
+    done = outbox.deliver_due(app.config, app.clock)
+    click.echo(f"{done.sent} sent, {done.retry} to retry, {done.dead} dead")
+
+
+@outbox_group.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.pass_obj
+def outbox_retry(obj: Ctx, ids) -> None:
+    """Queue dead messages (all, or IDS) for delivery again."""
+    app = obj.app()
+    n = outbox.requeue(list(ids), app.clock.now())
+    click.echo(f"{n} message(s) queued again")
+
+
+# --- quarantine --------------------------------------------------------------------------
+
+
+@main.group()
+def quarantine() -> None:
+    """Messages that could not be processed: list, show, retry."""
+
+
+@quarantine.command("list")
+@json_option
+@click.pass_obj
+def quarantine_list(obj: Ctx, as_json: bool) -> None:
+    """List quarantined messages with the step that failed and why."""
+    obj.app()
+    rows = intake.quarantined(limit=1000)
+    if as_json:
+        emit_json([{"id": r.id, "received_at": r.received_at.isoformat(), "source": r.source,
+                    "message_id": r.message_id, "step": r.step, "reason": r.reason,
+                    "attempts": r.attempts} for r in rows])
+        return
+    table([[r.id, r.received_at.strftime("%Y-%m-%d %H:%M"), r.source, r.step, r.reason] for r in rows],
+          ["id", "received", "source", "step", "reason"])
+
+
+@quarantine.command("show")
+@click.argument("inbox_id", type=int)
+@click.option("--raw", is_flag=True, help="Print the raw message bytes.")
+@click.pass_obj
+def quarantine_show(obj: Ctx, inbox_id: int, raw: bool) -> None:
+    """Show one quarantined message: why, and its headers (or --raw bytes)."""
+    obj.app()
+    row = intake.get(inbox_id)
+    if row is None:
+        raise click.ClickException(f"no message {inbox_id} in the inbox (see `mailticket quarantine list`)")
+    data = bytes(row.raw)
+    if raw:
+        sys.stdout.buffer.write(data)
+        return
+    click.echo(f"inbox #{row.id}  state {row.state}  source {row.source}  received {row.received_at}")
+    click.echo(f"step: {row.step}\nreason: {row.reason}\nattempts: {row.attempts}\n")
+    click.echo(data.split(b"\n\n", 1)[0][:4000].decode("utf-8", "replace"))
+
+
+@quarantine.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@json_option
+@click.pass_obj
+def quarantine_retry(obj: Ctx, ids, as_json: bool) -> None:
+    """Run quarantined messages (all, or IDS) through the pipeline again."""
+    app = obj.app()
+    moved = intake.requeue(list(ids))
+    results = app.worker.run_pending(ids=moved) if moved else []
+    if as_json:
+        for r in results:
+            emit_json(r.as_dict())
+        return
+    for r in results:
+        click.echo(f"{r.inbox_id}: {r.outcome}" + (f" #{r.ticket}" if r.ticket else "")
+                   + (f" ({r.reason})" if r.reason else ""))
+    click.echo(f"{len(results)} message(s) retried")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

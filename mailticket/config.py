@@ -1,0 +1,333 @@
+"""`mailticket.toml` into frozen dataclasses: the schema, its defaults, and clear errors.
+
+Every option is declared here once, with its default, so a minimal (even empty)
+file works.  An unknown key, a wrong type or a bad value raises `ConfigError`
+naming the file and the key (`mailticket.toml: [smtp] max_size: expected an
+integer, got "big"`).  Relative paths are resolved against the folder of the
+config file, so a helpdesk folder can be moved as a whole.
+
+Secrets never live in the file itself: `password_env` / `password_file` name
+where to read them (STYLE.md 11).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import ConfigError
+
+DEFAULT_PATH = "mailticket.toml"
+ENV_VAR = "MAILTICKET_CONFIG"
+PRIORITIES = ("P1", "P2", "P3", "P4")
+
+
+@dataclass(frozen=True)
+class Helpdesk:
+    name: str = "Support"
+    # The customer-facing address: acknowledgements and agent replies go out from it.
+    address: str = "support@example.com"
+    # Other addresses that are ours (aliases): mail from them is a loop, never a customer.
+    aliases: tuple[str, ...] = ()
+    # The subject token; `{number}` is the ticket number.
+    token: str = "[#{number}]"
+    timezone: str = "UTC"
+    language: str = "en"  # used when a message's language cannot be told
+    languages: tuple[str, ...] = ("en", "fr", "nl")
+    # At most this many automatic mails (acknowledgements, ...) per address per hour.
+    auto_reply_limit: int = 5
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2] or "localhost"
+
+
+@dataclass(frozen=True)
+class Database:
+    url: str = "sqlite:///var/mailticket.db"
+
+
+@dataclass(frozen=True)
+class Smtp:
+    listen: str = "127.0.0.1:2525"
+    lmtp: bool = False
+    # Recipients accepted: any address in these domains, plus these addresses.
+    # Both empty means: the helpdesk address and its aliases only (never an open relay).
+    domains: tuple[str, ...] = ()
+    addresses: tuple[str, ...] = ()
+    max_size: int = 25 * 1024 * 1024
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
+class Imap:
+    host: str = "localhost"
+    port: int = 993
+    tls: str = "tls"  # tls | starttls | none
+    user: str = ""
+    password_env: str = ""
+    password_file: str = ""
+    folder: str = "INBOX"
+    processed_folder: str = ""  # empty: flag as \Seen instead of moving
+    queue: str = ""
+    idle: bool = True
+    poll_interval: int = 60
+    # Mail older than this many days when a mailbox is first connected is imported
+    # without acknowledgements ("import") or left alone ("skip").
+    history_days: int = 7
+    history: str = "import"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    transport: str = "folder"  # folder | smtp
+    folder: str = "var/outgoing"
+    host: str = "localhost"
+    port: int = 25
+    starttls: bool = False
+    username: str = ""
+    password_env: str = ""
+    password_file: str = ""
+    max_attempts: int = 8
+    retry_base_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class Paths:
+    rules: str = "rules"
+    templates: str = "templates"  # a site's overrides; the shipped templates are the fallback
+    attachments: str = "var/attachments"
+
+
+@dataclass(frozen=True)
+class Sla:
+    # Per priority, in minutes: first response, then an update at least this often, resolution.
+    first_response: dict[str, int] = field(
+        default_factory=lambda: {"P1": 30, "P2": 60, "P3": 480, "P4": 2880}
+    )
+    update_interval: dict[str, int] = field(
+        default_factory=lambda: {"P1": 60, "P2": 240, "P3": 1440, "P4": 4320}
+    )
+    resolution: dict[str, int] = field(
+        default_factory=lambda: {"P1": 240, "P2": 1440, "P3": 4320, "P4": 20160}
+    )
+
+
+@dataclass(frozen=True)
+class Agents:
+    auth: str = "signed"  # signed | none
+    secret_env: str = "MAILTICKET_AGENT_SECRET"
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    helpdesk: Helpdesk = field(default_factory=Helpdesk)
+    database: Database = field(default_factory=Database)
+    smtp: Smtp = field(default_factory=Smtp)
+    imap: tuple[Imap, ...] = ()
+    outgoing: Outgoing = field(default_factory=Outgoing)
+    paths: Paths = field(default_factory=Paths)
+    sla: Sla = field(default_factory=Sla)
+    agents: Agents = field(default_factory=Agents)
+    # Where the file was read from; relative paths were resolved against its folder.
+    path: str = ""
+
+    def our_addresses(self) -> frozenset[str]:
+        """Every address that is the helpdesk itself (lower-case)."""
+        return frozenset(
+            a.lower() for a in (self.helpdesk.address, *self.helpdesk.aliases, *self.smtp.addresses)
+        )
+
+    def is_ours(self, address: str) -> bool:
+        address = address.lower()
+        domain = address.rpartition("@")[2]
+        return address in self.our_addresses() or domain in {d.lower() for d in self.smtp.domains}
+
+
+_CHOICES = {
+    ("outgoing", "transport"): ("folder", "smtp"),
+    ("imap", "tls"): ("tls", "starttls", "none"),
+    ("imap", "history"): ("import", "skip"),
+    ("agents", "auth"): ("signed", "none"),
+}
+_PATH_KEYS = {
+    ("outgoing", "folder"),
+    ("paths", "rules"),
+    ("paths", "templates"),
+    ("paths", "attachments"),
+    ("smtp", "tls_cert"),
+    ("smtp", "tls_key"),
+    ("imap", "password_file"),
+    ("outgoing", "password_file"),
+}
+
+
+def default_path() -> Path:
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_PATH)
+
+
+def load(path: str | os.PathLike[str] | None = None, *, must_exist: bool = False) -> Config:
+    """Read the config file (or return the defaults when there is none and that is allowed)."""
+    p = Path(path) if path is not None else default_path()
+    if not p.exists():
+        if must_exist or path is not None:
+            raise ConfigError(f"{p}: no such configuration file (run `mailticket init` to make one)")
+        return _resolve(Config(), Path.cwd(), str(p))
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return from_dict(data, p)
+
+
+def from_dict(data: dict, path: Path) -> Config:
+    """Build a Config from parsed TOML; `path` is named in errors and anchors relative paths."""
+    kwargs: dict[str, object] = {}
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "path"}
+    for name, value in data.items():
+        if name not in sections:
+            raise ConfigError(f"{path}: unknown section [{name}] (known: {', '.join(sections)})")
+        if name == "imap":
+            if isinstance(value, dict):
+                value = [value]
+            if not isinstance(value, list):
+                raise ConfigError(f"{path}: [[imap]] must be a list of tables")
+            kwargs[name] = tuple(_section(Imap, "imap", v, path) for v in value)
+        else:
+            kwargs[name] = _section(_section_type(name), name, value, path)
+    cfg = Config(**kwargs)  # type: ignore[arg-type]
+    _check(cfg, path)
+    return _resolve(cfg, path.parent.resolve(), str(path))
+
+
+def _section_type(name: str) -> type:
+    return typing.get_type_hints(Config)[name]
+
+
+def _section(cls: type, name: str, value: object, path: Path) -> object:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, object] = {}
+    for key, raw in value.items():
+        if key not in known:
+            raise ConfigError(
+                f"{path}: [{name}] unknown key '{key}' (known: {', '.join(sorted(known))})"
+            )
+        out[key] = _coerce(hints[key], raw, f"{path}: [{name}] {key}")
+        choices = _CHOICES.get((name, key))
+        if choices and out[key] not in choices:
+            raise ConfigError(f"{path}: [{name}] {key}: must be one of {', '.join(choices)}")
+    return cls(**out)
+
+
+def _coerce(hint: object, raw: object, where: str) -> object:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(raw, bool):
+            raise ConfigError(f"{where}: expected true or false, got {raw!r}")
+        return raw
+    if hint is int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ConfigError(f"{where}: expected an integer, got {raw!r}")
+        if raw < 0:
+            raise ConfigError(f"{where}: must not be negative, got {raw}")
+        return raw
+    if hint is str:
+        if not isinstance(raw, str):
+            raise ConfigError(f"{where}: expected a string, got {raw!r}")
+        return raw
+    if origin is tuple:
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise ConfigError(f"{where}: expected a list of strings, got {raw!r}")
+        return tuple(raw)
+    if origin is dict:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a table, got {raw!r}")
+        out = {}
+        for k, v in raw.items():
+            if k not in PRIORITIES:
+                raise ConfigError(f"{where}: unknown priority '{k}' (use {', '.join(PRIORITIES)})")
+            out[k] = _coerce(int, v, f"{where}.{k}")
+        return out
+    if isinstance(hint, types.UnionType):  # pragma: no cover - no optional keys yet
+        return raw
+    raise AssertionError(f"config schema has an unsupported type {hint!r}")
+
+
+def _check(cfg: Config, path: Path) -> None:
+    """Values that are well-typed but still wrong."""
+    if "@" not in cfg.helpdesk.address:
+        raise ConfigError(f"{path}: [helpdesk] address: not an email address: {cfg.helpdesk.address!r}")
+    if "{number}" not in cfg.helpdesk.token:
+        raise ConfigError(f"{path}: [helpdesk] token: must contain {{number}}, got {cfg.helpdesk.token!r}")
+    try:
+        ZoneInfo(cfg.helpdesk.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{path}: [helpdesk] timezone: unknown time zone {cfg.helpdesk.timezone!r}") from None
+    url = cfg.database.url
+    if not url.startswith(("sqlite://", "postgresql://", "postgres://")):
+        raise ConfigError(
+            f"{path}: [database] url: use sqlite:///FILE or postgresql://USER@HOST/DB, got {url!r}"
+        )
+    if cfg.helpdesk.language not in cfg.helpdesk.languages:
+        raise ConfigError(f"{path}: [helpdesk] language: {cfg.helpdesk.language!r} is not in languages")
+    host, _, port = cfg.smtp.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{path}: [smtp] listen: expected HOST:PORT, got {cfg.smtp.listen!r}")
+
+
+def _resolve(cfg: Config, base: Path, path: str) -> Config:
+    """Anchor relative paths (and a relative SQLite file) at the config file's folder."""
+
+    def fix(section: object, name: str) -> object:
+        changes = {}
+        for f in dataclasses.fields(section):  # type: ignore[arg-type]
+            if (name, f.name) in _PATH_KEYS:
+                value = getattr(section, f.name)
+                if value and not Path(value).is_absolute():
+                    changes[f.name] = str(base / value)
+        return dataclasses.replace(section, **changes) if changes else section  # type: ignore
+
+    url = cfg.database.url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        rel = url[len("sqlite:///"):]
+        if rel and rel != ":memory:":
+            url = "sqlite:///" + str(base / rel)
+    return dataclasses.replace(
+        cfg,
+        outgoing=fix(cfg.outgoing, "outgoing"),
+        paths=fix(cfg.paths, "paths"),
+        smtp=fix(cfg.smtp, "smtp"),
+        imap=tuple(fix(i, "imap") for i in cfg.imap),
+        database=Database(url=url),
+        path=path,
+    )
+
+
+def read_secret(env: str, file: str, what: str) -> str:
+    """A password from an environment variable or a file, never from the config itself."""
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"{what}: environment variable {env} is not set")
+        return value
+    if file:
+        try:
+            return Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot read password file {file}: {exc}") from None
+    return ""

@@ -1,0 +1,140 @@
+"""The durable inbox: store a message's raw bytes first, process it after.
+
+Every way in (SMTP, LMTP, IMAP, `mailticket ingest`) calls `store_raw` (one
+INSERT, one commit) and only then answers 250 or flags the IMAP message.  The
+`Worker` takes pending rows in order and runs the pipeline on each.
+
+For speed the worker commits a batch of messages in one transaction, each inside
+a savepoint of its own: a message whose pipeline raises is rolled back to its
+savepoint alone and parked in quarantine with the step and the reason, and the
+rest of the batch commits with it.  If the commit itself fails (the database went
+away), every row of the batch is still `pending` and is taken again next time:
+nothing is kept only in memory.  `retry` puts quarantined rows back to pending.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .db import DatabaseError
+from .errors import StorageError
+from .models import Inbox, database_proxy
+from .pipeline import Pipeline, Quarantine, Result, StepFailed
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+
+
+@dataclass(frozen=True)
+class Incoming:
+    raw: bytes
+    source: str  # smtp, lmtp, imap, ingest
+    mailbox: str | None = None
+    queue: str | None = None
+    silent: bool = False  # historic import: record, never acknowledge
+
+
+def store_raw(raw: bytes, source: str, *, now, mailbox: str | None = None,
+              queue: str | None = None, silent: bool = False) -> int:
+    """Commit one message to the durable inbox and return its id.
+
+    Raises StorageError when it could not be committed: the caller must then not
+    accept the message (SMTP 451, IMAP leaves it unflagged, ingest exits 75).
+    """
+    return store_many([Incoming(raw, source, mailbox, queue, silent)], now=now)[0]
+
+
+def store_many(items: Iterable[Incoming], *, now) -> list[int]:
+    """Commit several messages in one transaction (all or none) and return their ids."""
+    db = database_proxy
+    try:
+        with db.atomic():
+            return [
+                Inbox.insert(
+                    received_at=now, source=i.source, mailbox=i.mailbox, queue=i.queue,
+                    raw=i.raw, state="pending", silent=i.silent,
+                ).execute()
+                for i in items
+            ]
+    except DatabaseError as exc:
+        raise StorageError(f"could not store the message: {exc}") from exc
+
+
+class Worker:
+    """Runs the pipeline over pending inbox rows, oldest first."""
+
+    def __init__(self, pipeline: Pipeline, batch: int = BATCH) -> None:
+        self.pipeline = pipeline
+        self.batch = batch
+
+    def run_pending(self, ids: list[int] | None = None,
+                    on_result: Callable[[Result], None] | None = None) -> list[Result]:
+        """Process pending rows (only `ids`, when given) until none is left."""
+        results: list[Result] = []
+        last_id = 0
+        while True:
+            query = Inbox.select().where((Inbox.state == "pending") & (Inbox.id > last_id))
+            if ids is not None:
+                query = query.where(Inbox.id.in_(ids))
+            rows = list(query.order_by(Inbox.id).limit(self.batch))
+            if not rows:
+                return results
+            batch_results = self._run_batch(rows)
+            last_id = rows[-1].id
+            results.extend(batch_results)
+            if on_result:
+                for r in batch_results:
+                    on_result(r)
+
+    def _run_batch(self, rows: list[Inbox]) -> list[Result]:
+        db = database_proxy
+        out: list[Result] = []
+        with db.atomic():
+            for row in rows:
+                try:
+                    with db.atomic():  # a savepoint: a failure undoes this message only
+                        out.append(self.pipeline.run(row))
+                except StepFailed as failed:
+                    out.append(self._quarantine(row, failed))
+        return out
+
+    def _quarantine(self, row: Inbox, failed: StepFailed) -> Result:
+        if isinstance(failed.cause, Quarantine):
+            reason = str(failed.cause)
+        else:
+            reason = f"{type(failed.cause).__name__}: {failed.cause}"
+            log.error("inbox %s %s: quarantined at step %s: %s", row.id, row.message_id or "-",
+                      failed.step, reason, exc_info=failed.cause)
+        Inbox.update(
+            state="quarantined", step=failed.step, reason=reason[:2000], outcome="quarantined",
+            attempts=Inbox.attempts + 1, processed_at=self.pipeline.env.clock.now(),
+        ).where(Inbox.id == row.id).execute()
+        return Result(row.id, row.message_id, "quarantined", None, reason, failed.step)
+
+
+def quarantined(limit: int = 100) -> list[Inbox]:
+    return list(
+        Inbox.select(Inbox.id, Inbox.received_at, Inbox.source, Inbox.message_id, Inbox.step,
+                     Inbox.reason, Inbox.attempts)
+        .where(Inbox.state == "quarantined")
+        .order_by(Inbox.id)
+        .limit(limit)
+    )
+
+
+def get(inbox_id: int) -> Inbox | None:
+    return Inbox.get_or_none(Inbox.id == inbox_id)
+
+
+def requeue(ids: list[int] | None) -> list[int]:
+    """Put quarantined rows (all, or `ids`) back to pending; return the ids moved."""
+    query = Inbox.select(Inbox.id).where(Inbox.state == "quarantined")
+    if ids:
+        query = query.where(Inbox.id.in_(ids))
+    moved = [r.id for r in query]
+    if moved:
+        Inbox.update(state="pending").where(Inbox.id.in_(moved)).execute()
+    return moved

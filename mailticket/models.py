@@ -1,0 +1,187 @@
+"""The peewee models: what mailticket stores (DESIGN.md section 3).
+
+    Inbox        the durable inbox: every received message, raw, before any work;
+                 its state is pending, done or quarantined (with the step and reason)
+    Ticket       one customer issue: status, priority, queue, tier, people, due times
+    Message      one email on a ticket, in or out, with its new text and full text
+    Attachment   a file of a message, stored content-addressed on disk
+    Event        every change to a ticket: who, when, what (the history agents read)
+    Outbox       outgoing mail and its delivery state
+    Agent        a person who works tickets
+    ImapState    per-mailbox UIDVALIDITY and last UID
+    SchemaVersion
+
+Models bind to `database_proxy`; `db.open_database` initialises it from a URL.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timezone
+
+import peewee
+
+database_proxy = peewee.DatabaseProxy()
+_UTC = timezone.utc
+
+# Ticket statuses and priorities (DESIGN.md section 3).
+STATUSES = ("new", "open", "pending", "on-hold", "resolved", "closed")
+PRIORITIES = ("P1", "P2", "P3", "P4")
+
+
+class JSONField(peewee.TextField):
+    """A JSON value in a text column: portable across SQLite and PostgreSQL."""
+
+    def db_value(self, value):
+        return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class UTCDateTimeField(peewee.DateTimeField):
+    """Timestamps are stored naive in UTC and come back aware, the same on every backend."""
+
+    def db_value(self, value):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(_UTC).replace(tzinfo=None)
+        return super().db_value(value)
+
+    def python_value(self, value):
+        value = super().python_value(value)
+        if value is not None and hasattr(value, "tzinfo") and value.tzinfo is None:
+            value = value.replace(tzinfo=_UTC)
+        return value
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+
+
+class SchemaVersion(BaseModel):
+    version = peewee.IntegerField()
+    applied_at = peewee.DateTimeField(constraints=[peewee.SQL("DEFAULT CURRENT_TIMESTAMP")])
+
+
+class Inbox(BaseModel):
+    received_at = UTCDateTimeField(index=True)
+    source = peewee.CharField(max_length=16)  # smtp, lmtp, imap, ingest
+    mailbox = peewee.CharField(null=True)  # the IMAP mailbox or SMTP recipient it came by
+    queue = peewee.CharField(null=True)  # the source's default queue, handed to the rules
+    raw = peewee.BlobField()
+    state = peewee.CharField(max_length=16, default="pending", index=True)
+    # Message-ID, or a hash of the bytes when there is none: what `dedupe` compares.
+    dedupe_key = peewee.CharField(null=True, index=True)
+    message_id = peewee.TextField(null=True)
+    outcome = peewee.CharField(max_length=16, null=True)
+    ticket = peewee.IntegerField(null=True)
+    step = peewee.CharField(max_length=32, null=True)  # where processing failed
+    reason = peewee.TextField(null=True)
+    attempts = peewee.IntegerField(default=0)
+    processed_at = UTCDateTimeField(null=True)
+    silent = peewee.BooleanField(default=False)  # historic import: record, never acknowledge
+
+
+class Ticket(BaseModel):
+    number = peewee.AutoField()
+    subject = peewee.TextField()
+    status = peewee.CharField(max_length=16, default="new", index=True)
+    priority = peewee.CharField(max_length=4, default="P3")
+    queue = peewee.CharField(default="general", index=True)
+    tier = peewee.IntegerField(default=1)
+    assignee = peewee.CharField(null=True)
+    group = peewee.CharField(null=True)
+    requester = peewee.CharField(index=True)  # lower-case address
+    requester_name = peewee.CharField(default="")
+    cc = JSONField(default=list)
+    tags = JSONField(default=list)
+    fields = JSONField(default=dict)
+    language = peewee.CharField(max_length=8, default="en")
+    linked_to = peewee.IntegerField(null=True)  # the ticket this one was opened from
+    created_at = UTCDateTimeField()
+    updated_at = UTCDateTimeField()
+    first_response_at = UTCDateTimeField(null=True)
+    resolved_at = UTCDateTimeField(null=True)
+    closed_at = UTCDateTimeField(null=True)
+    due_first_response = UTCDateTimeField(null=True)
+    due_next_update = UTCDateTimeField(null=True)
+    due_resolution = UTCDateTimeField(null=True)
+
+
+class Message(BaseModel):
+    ticket = peewee.ForeignKeyField(Ticket, backref="messages", on_delete="CASCADE", index=True)
+    inbox = peewee.ForeignKeyField(Inbox, null=True, backref="messages")
+    direction = peewee.CharField(max_length=3)  # in | out
+    # customer, agent-reply, note, system, auto-reply, bounce
+    kind = peewee.CharField(max_length=16)
+    message_id = peewee.TextField(index=True)
+    from_addr = peewee.CharField(default="")
+    from_name = peewee.CharField(default="")
+    to = JSONField(default=list)
+    cc = JSONField(default=list)
+    subject = peewee.TextField(default="")
+    date = UTCDateTimeField(null=True)
+    text = peewee.TextField(default="")  # new text: without quoted history and signature
+    body = peewee.TextField(default="")  # the whole readable text
+    created_at = UTCDateTimeField()
+
+
+class Attachment(BaseModel):
+    message = peewee.ForeignKeyField(Message, backref="attachments", on_delete="CASCADE")
+    filename = peewee.CharField()
+    content_type = peewee.CharField()
+    size = peewee.IntegerField()
+    sha256 = peewee.CharField(max_length=64, index=True)
+    inline = peewee.BooleanField(default=False)
+    content_id = peewee.CharField(null=True)
+
+
+class Event(BaseModel):
+    ticket = peewee.ForeignKeyField(Ticket, backref="events", on_delete="CASCADE", index=True)
+    at = UTCDateTimeField()
+    actor = peewee.CharField()  # an address, "system", or "rule:NAME"
+    kind = peewee.CharField(max_length=32)
+    detail = JSONField(default=dict)
+
+
+class Outbox(BaseModel):
+    ticket = peewee.IntegerField(null=True, index=True)
+    kind = peewee.CharField(max_length=16)  # ack, reply, update, escalation, ...
+    automatic = peewee.BooleanField(default=True)  # counts towards the per-address limit
+    mail_from = peewee.CharField()
+    to_addr = peewee.CharField()
+    subject = peewee.TextField()
+    body = peewee.TextField()
+    # Message-ID, In-Reply-To, References, Auto-Submitted, Thread-Index, ...
+    headers = JSONField(default=dict)
+    message_id = peewee.TextField()
+    state = peewee.CharField(max_length=8, default="queued", index=True)
+    attempts = peewee.IntegerField(default=0)
+    next_attempt_at = UTCDateTimeField(null=True)
+    last_error = peewee.TextField(null=True)
+    created_at = UTCDateTimeField()
+    sent_at = UTCDateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("to_addr", "created_at"), False),)
+
+
+class Agent(BaseModel):
+    email = peewee.CharField(unique=True)
+    name = peewee.CharField(default="")
+    tier = peewee.IntegerField(default=1)
+    active = peewee.BooleanField(default=True)
+
+
+class ImapState(BaseModel):
+    mailbox = peewee.CharField(unique=True)  # user@host/folder
+    uidvalidity = peewee.BigIntegerField(null=True)
+    last_uid = peewee.BigIntegerField(default=0)
+
+
+ALL_MODELS = [Inbox, Ticket, Message, Attachment, Event, Outbox, Agent, ImapState]
+
+# Re-exported so that callers outside db.py/models.py never import peewee themselves.
+fn = peewee.fn
+JOIN = peewee.JOIN

@@ -1,0 +1,391 @@
+"""The pipeline: what happens to one stored message, step by step (DESIGN.md section 1).
+
+    parse -> dedupe -> guard -> thread -> route -> record -> notify
+
+`intake` calls `Pipeline.run(row)` inside a transaction (a savepoint when it
+batches) and commits.  Each step is a small function of `(run, env)` that reads
+and fills the `Run`.  Two flow-control exceptions, caught only by `Pipeline.run`:
+
+    Stop(outcome, reason)   end quietly with that outcome (duplicate, suppressed, bounce)
+    Quarantine(reason)      park the message with the step and reason (spam, ...)
+
+Any other exception is a bug or bad input we did not foresee: `intake` rolls the
+message back and quarantines it with the step that raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from . import notify, tickets
+from .attachments import AttachmentStore
+from .clock import SystemClock
+from .config import Config
+from .models import Attachment, Inbox, Message, Ticket
+from .parsers import MailClass, ParsedMessage
+from .parsers.message import parse as parse_bytes
+from .rules import RuleContext, RuleSet
+from .tokens import clean_subject, token_format
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = ("created", "appended", "duplicate", "suppressed", "bounce", "quarantined")
+
+
+class Stop(Exception):
+    """End the pipeline quietly with `outcome` (the message is committed as processed)."""
+
+    def __init__(self, outcome: str, reason: str = "") -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+class Quarantine(Exception):
+    """Park the message in quarantine with `reason` (not an error: a decision)."""
+
+
+@dataclass
+class Result:
+    inbox_id: int
+    message_id: str | None
+    outcome: str
+    ticket: int | None = None
+    reason: str = ""
+    step: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"message_id": self.message_id, "outcome": self.outcome, "ticket": self.ticket,
+                "reason": self.reason or None}
+
+
+@dataclass
+class Run:
+    """What the steps know about one message so far."""
+
+    row: Inbox
+    parsed: ParsedMessage | None = None
+    sender: str = ""
+    no_ack: str = ""  # why no acknowledgement, when there must be none
+    suppressed: str = ""  # why this is not a customer's message (auto-reply, our own mail)
+    kind: str = "customer"
+    ticket: Ticket | None = None
+    is_new: bool = False
+    linked_to: int | None = None
+    evaluation: object = None
+    extra_tickets: list[Ticket] = field(default_factory=list)
+    outcome: str = ""
+    reason: str = ""
+    events: list[tuple[str, str, dict]] = field(default_factory=list)
+
+
+class Env:
+    """What the steps need from outside: configuration, rules, templates, files, clock."""
+
+    def __init__(self, config: Config, rules: RuleSet, clock=None, templates=None) -> None:
+        self.config = config
+        self.rules = rules
+        self.clock = clock or SystemClock()
+        self.templates = templates or notify.Templates(config.paths.templates)
+        self.attachments = AttachmentStore(config.paths.attachments)
+        self.tokens = token_format(config.helpdesk.token)
+        self.agents = frozenset(a.lower() for a in config.agents.addresses)
+
+
+# --- the steps ---------------------------------------------------------------------------
+
+
+def parse(run: Run, env: Env) -> None:
+    run.parsed = pm = parse_bytes(bytes(run.row.raw))
+    run.sender = pm.from_.email if pm.from_ else ""
+
+
+# Trace headers that relays add: two copies of one message without a Message-ID that
+# differ only in these are still the same message.
+_TRACE = re.compile(
+    rb"^(received|return-path|delivered-to|x-original-to|x-received|authentication-results"
+    rb"|arc-[a-z-]+|x-spam-[a-z-]+):.*(\r?\n[ \t].*)*\r?\n",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def dedupe(run: Run, env: Env) -> None:
+    pm = run.parsed
+    if pm.message_id:
+        key = pm.message_id
+    else:
+        head, sep, body = bytes(run.row.raw).partition(b"\n\n")
+        key = "sha256:" + hashlib.sha256(_TRACE.sub(b"", head + b"\n") + sep + body).hexdigest()
+    run.row.dedupe_key = key[:250]
+    run.row.message_id = pm.message_id
+    earlier = (
+        Inbox.select(Inbox.id, Inbox.ticket)
+        .where((Inbox.dedupe_key == run.row.dedupe_key) & (Inbox.state == "done")
+               & (Inbox.id != run.row.id))
+        .first()
+    )
+    if earlier is not None:
+        run.ticket = tickets.by_number(earlier.ticket) if earlier.ticket else None
+        raise Stop("duplicate", f"same message as inbox #{earlier.id}")
+
+
+def guard(run: Run, env: Env) -> None:
+    """Loop protection: never answer auto-replies, bounces, bulk mail or ourselves."""
+    pm = run.parsed
+    if run.sender and env.config.is_ours(run.sender):
+        run.suppressed = f"mail from our own address {run.sender}"
+    elif pm.mail_class is MailClass.AUTO_REPLY:
+        run.suppressed = f"auto-reply ({pm.class_reason})"
+        run.kind = "auto-reply"
+    elif pm.mail_class is MailClass.BOUNCE:
+        run.kind = "bounce"
+    elif pm.mail_class is MailClass.BULK:
+        run.no_ack = f"bulk mail ({pm.class_reason})"
+    if not run.sender:
+        run.no_ack = run.no_ack or "no sender address"
+    if run.row.silent:
+        run.no_ack = run.no_ack or "historic import"
+
+
+def thread(run: Run, env: Env) -> None:
+    pm = run.parsed
+    ids = pm.thread_ids
+    if run.kind == "bounce":
+        run.ticket, _ = tickets.by_message_ids([*pm.bounce_refs, *ids])
+        if run.ticket is None:
+            raise Stop("bounce", "no ticket matches the bounced message")
+        return
+    number = env.tokens.find(pm.subject)
+    named = tickets.by_number(number) if number else None
+    if named is not None:
+        if tickets.may_write(named, run.sender, ids, env.agents):
+            run.ticket = named
+        else:
+            # A stranger quoting a token opens a ticket of their own, linked to it.
+            run.linked_to = named.number
+            run.reason = f"token #{named.number} from a stranger: new ticket linked to it"
+    if run.ticket is None and run.linked_to is None:
+        run.ticket, _ = tickets.by_message_ids(ids)
+    if run.ticket is not None and run.ticket.status == "closed":
+        run.linked_to, run.ticket = run.ticket.number, None
+        run.reason = f"reply to closed ticket #{run.linked_to}: new ticket linked to it"
+    if run.ticket is None:
+        if run.suppressed:
+            raise Stop("suppressed", run.suppressed)
+        run.is_new = True
+
+
+def route(run: Run, env: Env) -> None:
+    t = run.ticket
+    row = run.row
+    context = RuleContext(
+        is_reply=not run.is_new,
+        ticket_status=None if run.is_new else t.status,
+        ticket_priority=None if run.is_new else t.priority,
+        ticket_queue=None if run.is_new else t.queue,
+        source=row.source,
+        mailbox=row.mailbox,
+        queue=row.queue,
+        now=env.clock.now(),
+    )
+    run.evaluation = env.rules.evaluate(run.parsed, context)
+    if run.evaluation.decision.spam:
+        names = ", ".join(h.rule for h in run.evaluation.hits)
+        raise Quarantine(f"spam (rule {names})")
+
+
+def record(run: Run, env: Env) -> None:
+    pm, now = run.parsed, env.clock.now()
+    decision = run.evaluation.decision
+    parts = list(decision.split_parts) if run.is_new and len(decision.split_parts) > 1 else []
+    if run.is_new:
+        run.ticket = _new_ticket(run, env, part=parts[0] if parts else None)
+        for part in parts[1:]:
+            run.extra_tickets.append(_new_ticket(run, env, part=part, split_from=run.ticket))
+        if run.extra_tickets:
+            run.reason = "split into " + ", ".join(f"#{t.number}" for t in [run.ticket, *run.extra_tickets])
+        run.outcome = "created"
+    else:
+        t = run.ticket
+        _store_message(run, env, t, pm.new_text)
+        run.events.append((run.sender or "unknown", "message", {"kind": run.kind}))
+        if run.kind == "customer":
+            status = tickets.REOPEN_ON_CUSTOMER_REPLY.get(t.status)
+            if status:
+                tickets.set_status(t, status, now, run.sender, run.events)
+        _apply(run, t, decision)
+        t.updated_at = now
+        t.save()
+        tickets.add_events(t, now, run.events)
+        run.outcome = {"auto-reply": "suppressed", "bounce": "bounce"}.get(run.kind, "appended")
+        run.reason = run.reason or run.suppressed or ""
+
+
+def _new_ticket(run: Run, env: Env, part: str | None, split_from: Ticket | None = None) -> Ticket:
+    pm, now, cfg = run.parsed, env.clock.now(), env.config
+    subject = env.tokens.strip(pm.subject) or "(no subject)"
+    if part is not None:
+        first = clean_subject(part.strip().splitlines()[0] if part.strip() else "")[:80]
+        subject = f"{subject}: {first}" if first else subject
+    language = pm.language if pm.language in cfg.helpdesk.languages else cfg.helpdesk.language
+    ours = cfg.is_ours
+    cc = sorted({a.email for a in [*pm.to, *pm.cc] if a.email and not ours(a.email)} - {run.sender})
+    t = tickets.create(
+        subject=subject, requester=run.sender or "unknown", requester_name=pm.from_.name if pm.from_ else "",
+        cc=cc, language=language, queue=run.row.queue or "general", now=now,
+        linked_to=(split_from.number if split_from else run.linked_to),
+    )
+    events = [(run.sender or "unknown", "created", {"source": run.row.source, "inbox": run.row.id})]
+    if t.linked_to:
+        events.append(("system", "linked", {"to": t.linked_to, "why": "split" if split_from else run.reason}))
+    _store_message(run, env, t, part if part is not None else pm.new_text)
+    saved = run.events
+    run.events = events
+    _apply(run, t, run.evaluation.decision)
+    t.save()
+    tickets.add_events(t, now, run.events)
+    run.events = saved
+    return t
+
+
+def _apply(run: Run, t: Ticket, decision) -> None:
+    """Apply the rules' decision to the ticket; each rule that hit becomes an event."""
+    for attr in ("queue", "priority", "tier", "assignee", "group"):
+        value = getattr(decision, attr)
+        if value is not None and value != getattr(t, attr):
+            setattr(t, attr, value)
+    if decision.tags:
+        t.tags = sorted(set(t.tags or []) | set(decision.tags))
+    if decision.fields:
+        t.fields = {**(t.fields or {}), **decision.fields}
+    for hit in run.evaluation.hits:
+        run.events.append((f"rule:{hit.rule}", "rule", hit.as_event()))
+
+
+def _store_message(run: Run, env: Env, t: Ticket, text: str) -> Message:
+    pm = run.parsed
+    msg = Message.create(
+        ticket=t, inbox=run.row.id, direction="in", kind=run.kind,
+        message_id=pm.message_id or run.row.dedupe_key, from_addr=run.sender,
+        from_name=pm.from_.name if pm.from_ else "", to=[a.email for a in pm.to],
+        cc=[a.email for a in pm.cc], subject=pm.subject, date=pm.date, text=text,
+        body=pm.text, created_at=env.clock.now(),
+    )
+    if pm.attachments:
+        Attachment.insert_many([
+            {"message": msg.id, "filename": a.filename, "content_type": a.content_type,
+             "size": len(a.payload), "sha256": env.attachments.save(a.payload), "inline": a.inline,
+             "content_id": a.content_id}
+            for a in pm.attachments
+        ]).execute()
+    return msg
+
+
+def notify_step(run: Run, env: Env) -> None:
+    """Queue the acknowledgement of a new ticket, and the notifications rules asked for."""
+    if not run.is_new:
+        return
+    decision = run.evaluation.decision
+    for t in [run.ticket, *run.extra_tickets]:
+        if decision.notify:
+            _queue_notifications(run, env, t, decision.notify)
+        if run.no_ack or run.suppressed or run.kind != "customer":
+            continue
+        if decision.ack is False:
+            tickets.add_events(t, env.clock.now(), [("system", "ack-skipped", {"why": "rule"})])
+            continue
+        _queue_ack(run, env, t, decision.template or "ack")
+
+
+def _queue_ack(run: Run, env: Env, t: Ticket, kind: str) -> None:
+    cfg, now, pm = env.config, env.clock.now(), run.parsed
+    limit = cfg.helpdesk.auto_reply_limit
+    if notify.automatic_mails_since(run.sender, now - timedelta(hours=1)) >= limit:
+        tickets.add_events(t, now, [("system", "ack-skipped", {"why": f"rate limit {limit}/hour"})])
+        run.reason = run.reason or f"acknowledgement withheld: {run.sender} reached {limit} automatic mails this hour"
+        return
+    token = env.tokens.format(t.number)
+    rendered = env.templates.render(
+        kind, t.language, cfg.helpdesk.language, token=token, subject=t.subject,
+        name=t.requester_name, helpdesk=cfg.helpdesk.name, ticket=t,
+    )
+    msgid = notify.make_msgid(cfg.helpdesk.domain)
+    headers = notify.reply_headers(pm.message_id, pm.references, pm.header("thread-index"),
+                                   t.subject, now, automatic=True)
+    notify.queue(kind="ack", ticket=t.number, mail_from=cfg.helpdesk.address, to=run.sender,
+                 rendered=rendered, headers=headers, message_id=msgid, now=now, automatic=True)
+    # Our own message is a message of the ticket too: a reply to it threads by References.
+    Message.create(ticket=t, direction="out", kind="system", message_id=msgid,
+                   from_addr=cfg.helpdesk.address, to=[run.sender], subject=rendered.subject,
+                   text=rendered.body, body=rendered.body, created_at=now)
+    tickets.add_events(t, now, [("system", "ack-queued", {"message_id": msgid})])
+
+
+def _queue_notifications(run: Run, env: Env, t: Ticket, targets) -> None:
+    cfg, now = env.config, env.clock.now()
+    rendered = env.templates.render(
+        "notify", "en", "en", token=env.tokens.format(t.number), subject=t.subject,
+        requester=t.requester, queue=t.queue, priority=t.priority, text=run.parsed.new_text[:4000],
+        rules=", ".join(h.rule for h in run.evaluation.hits),
+    )
+    for to in targets:
+        notify.queue(kind="notify", ticket=t.number, mail_from=cfg.helpdesk.address, to=to,
+                     rendered=rendered, headers={"Auto-Submitted": "auto-generated"},
+                     message_id=notify.make_msgid(cfg.helpdesk.domain), now=now, automatic=False)
+
+
+STEPS = (
+    ("parse", parse),
+    ("dedupe", dedupe),
+    ("guard", guard),
+    ("thread", thread),
+    ("route", route),
+    ("record", record),
+    ("notify", notify_step),
+)
+
+
+class StepFailed(Exception):
+    """A step raised something unforeseen; `step` names it, the cause is chained."""
+
+    def __init__(self, step: str, cause: BaseException) -> None:
+        super().__init__(f"{step}: {type(cause).__name__}: {cause}")
+        self.step = step
+        self.cause = cause
+
+
+class Pipeline:
+    def __init__(self, env: Env, steps=STEPS) -> None:
+        self.env = env
+        self.steps = steps
+
+    def run(self, row: Inbox) -> Result:
+        """Run every step on `row` (the caller holds the transaction).
+
+        Returns the result for Stop and for a finished run; raises `Quarantine` or
+        `StepFailed` for the caller to roll back and park the message.
+        """
+        run = Run(row=row)
+        step = ""
+        try:
+            for step, func in self.steps:
+                func(run, self.env)
+        except Stop as stop:
+            run.outcome, run.reason = stop.outcome, stop.reason
+        except Quarantine as q:
+            raise StepFailed(step, q) from q
+        except Exception as exc:  # noqa: BLE001 - any bug must cost a message nothing
+            raise StepFailed(step, exc) from exc
+        row.state = "done"
+        row.outcome = run.outcome
+        row.ticket = run.ticket.number if run.ticket is not None else None
+        row.reason = run.reason or None
+        row.step = None
+        row.processed_at = self.env.clock.now()
+        row.save()
+        return Result(row.id, run.parsed.message_id if run.parsed else None, run.outcome,
+                      row.ticket, run.reason)
