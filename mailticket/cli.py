@@ -165,6 +165,31 @@ def init(directory: str, address: str, name: str, force: bool) -> None:
     click.echo(f"next: mailticket --config {cfg_file} ingest MESSAGE.eml")
 
 
+# --- run ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.pass_obj
+def run(obj: Ctx) -> None:
+    """Run the daemon in the foreground: receive, process, deliver.
+
+    Listens for SMTP (or LMTP) on [smtp] listen, polls the [[imap]] mailboxes,
+    delivers the outbox and serves /healthz and /metrics on [daemon] http.
+    Logs go to stderr. SIGTERM stops cleanly; SIGHUP reloads the configuration,
+    rules and templates.
+    """
+    from . import daemon
+
+    try:
+        daemon.run(obj.config_path)
+    except RulesError as exc:
+        raise click.ClickException(f"refusing to start: the rules are broken:\n{exc}") from None
+    except StorageError as exc:
+        raise TryLater(str(exc)) from None
+    except MailticketError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 # --- ingest ------------------------------------------------------------------------------
 
 

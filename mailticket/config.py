@@ -128,6 +128,17 @@ class Agents:
 
 
 @dataclass(frozen=True)
+class Daemon:
+    # /healthz and /metrics; empty turns the endpoint off. Loopback by default.
+    http: str = "127.0.0.1:8025"
+    # Seconds between outbox runs (retries fall due on their own schedule).
+    outbox_interval: int = 5
+    # Seconds SIGTERM waits for in-flight work before giving up.
+    drain_seconds: int = 30
+    log_format: str = "text"  # text | json
+
+
+@dataclass(frozen=True)
 class Config:
     helpdesk: Helpdesk = field(default_factory=Helpdesk)
     database: Database = field(default_factory=Database)
@@ -137,6 +148,7 @@ class Config:
     paths: Paths = field(default_factory=Paths)
     sla: Sla = field(default_factory=Sla)
     agents: Agents = field(default_factory=Agents)
+    daemon: Daemon = field(default_factory=Daemon)
     # Where the file was read from; relative paths were resolved against its folder.
     path: str = ""
 
@@ -157,6 +169,7 @@ _CHOICES = {
     ("imap", "tls"): ("tls", "starttls", "none"),
     ("imap", "history"): ("import", "skip"),
     ("agents", "auth"): ("signed", "none"),
+    ("daemon", "log_format"): ("text", "json"),
 }
 _PATH_KEYS = {
     ("outgoing", "folder"),

@@ -91,12 +91,13 @@ class Worker:
 
     def _run_batch(self, rows: list[Inbox]) -> list[Result]:
         db = database_proxy
+        pipeline = self.pipeline  # one pipeline per batch, even if a reload swaps it meanwhile
         out: list[Result] = []
         with db.atomic():
             for row in rows:
                 try:
                     with db.atomic():  # a savepoint: a failure undoes this message only
-                        out.append(self.pipeline.run(row))
+                        out.append(pipeline.run(row))
                 except StepFailed as failed:
                     out.append(self._quarantine(row, failed))
         return out
@@ -112,7 +113,8 @@ class Worker:
             state="quarantined", step=failed.step, reason=reason[:2000], outcome="quarantined",
             attempts=Inbox.attempts + 1, processed_at=self.pipeline.env.clock.now(),
         ).where(Inbox.id == row.id).execute()
-        return Result(row.id, row.message_id, "quarantined", None, reason, failed.step)
+        return Result(row.id, row.message_id, "quarantined", None, reason, failed.step,
+                      source=row.source)
 
 
 def quarantined(limit: int = 100) -> list[Inbox]:

@@ -57,6 +57,8 @@ class Result:
     ticket: int | None = None
     reason: str = ""
     step: str | None = None
+    source: str | None = None
+    latency: float | None = None  # seconds from receipt to this result
 
     def as_dict(self) -> dict:
         return {"message_id": self.message_id, "outcome": self.outcome, "ticket": self.ticket,
@@ -388,4 +390,5 @@ class Pipeline:
         row.processed_at = self.env.clock.now()
         row.save()
         return Result(row.id, run.parsed.message_id if run.parsed else None, run.outcome,
-                      row.ticket, run.reason)
+                      row.ticket, run.reason, source=row.source,
+                      latency=(row.processed_at - row.received_at).total_seconds())
