@@ -214,8 +214,11 @@ def read_inputs(paths: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
             head = fh.read(5)
         if head == b"From ":
             box = mailbox.mbox(path, factory=None, create=False)
-            for n, key in enumerate(box.iterkeys()):
-                yield f"{p}#{n + 1}", box.get_bytes(key, from_=False)
+            try:
+                for n, key in enumerate(box.iterkeys()):
+                    yield f"{p}#{n + 1}", box.get_bytes(key, from_=False)
+            finally:
+                box.close()
         else:
             yield str(path), path.read_bytes()
 
