@@ -1,0 +1,132 @@
+"""Outbox delivery to a real SMTP smarthost (aiosmtpd): retries, backoff, dead, never twice."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from mailticket import outbox
+from mailticket.clock import FrozenClock
+from mailticket.config import Config, Outgoing
+from mailticket.db import open_database
+from mailticket.models import Outbox
+from mailticket.notify import Rendered, queue
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.reply: str | None = None  # an error reply to give instead of 250
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.reply:
+            return self.reply
+        self.received.append(envelope.content)
+        return "250 OK"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Smarthost:
+    """A real aiosmtpd server that a test can stop and start again on the same port."""
+
+    def __init__(self) -> None:
+        self.sink = Sink()
+        self.port = free_port()
+        self.controller: Controller | None = None
+
+    def start(self) -> None:
+        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    @property
+    def received(self):
+        return self.sink.received
+
+
+@pytest.fixture
+def smarthost():
+    host = Smarthost()
+    host.start()
+    yield host
+    host.stop()
+
+
+@pytest.fixture
+def setup(db_url, tmp_path):
+    db = open_database(db_url)
+    clock = FrozenClock()
+    yield clock
+    db.close()
+
+
+def cfg_for(port: int, max_attempts: int = 3) -> Config:
+    return Config(outgoing=Outgoing(transport="smtp", host="127.0.0.1", port=port,
+                                    max_attempts=max_attempts, retry_base_seconds=60))
+
+
+def queue_one(clock) -> Outbox:
+    return queue(kind="ack", ticket=1, mail_from="support@helpdesk.test", to="alice@customer.test",
+                 rendered=Rendered("[#1] Hi", "Body\n"), headers={"Auto-Submitted": "auto-replied"},
+                 message_id="<x1@helpdesk.test>", now=clock.now(), automatic=True)
+
+
+def test_delivers_once_over_smtp(setup, smarthost):
+    clock = setup
+    queue_one(clock)
+    cfg = cfg_for(smarthost.port)
+    assert outbox.deliver_due(cfg, clock).sent == 1
+    assert outbox.deliver_due(cfg, clock).sent == 0  # never twice
+    [data] = smarthost.received
+    assert b"Auto-Submitted: auto-replied" in data and b"Message-ID: <x1@helpdesk.test>" in data
+
+
+def test_retries_while_down_then_delivers_with_backoff(setup, smarthost):
+    clock = setup
+    row = queue_one(clock)
+    cfg = cfg_for(smarthost.port, max_attempts=5)
+    smarthost.stop()
+    assert outbox.deliver_due(cfg, clock).retry == 1
+    row = Outbox.get_by_id(row.id)
+    assert row.state == "retry" and row.attempts == 1 and "Connection" in row.last_error
+    assert outbox.deliver_due(cfg, clock).retry == 0  # not due yet: backoff
+    clock.advance(seconds=61)
+    assert outbox.deliver_due(cfg, clock).retry == 1
+    assert Outbox.get_by_id(row.id).next_attempt_at - clock.now() == outbox.backoff(2, 60)
+    smarthost.start()
+    clock.advance(seconds=121)
+    assert outbox.deliver_due(cfg, clock).sent == 1
+    assert Outbox.get_by_id(row.id).state == "sent" and len(smarthost.received) == 1
+
+
+def test_dead_after_the_limit_and_retry_command(setup, smarthost):
+    clock = setup
+    row = queue_one(clock)
+    cfg = cfg_for(smarthost.port, max_attempts=2)
+    smarthost.sink.reply = "451 4.3.0 try later"
+    outbox.deliver_due(cfg, clock)
+    clock.advance(hours=1)
+    assert outbox.deliver_due(cfg, clock).dead == 1
+    assert Outbox.get_by_id(row.id).state == "dead"
+    smarthost.sink.reply = None
+    assert outbox.requeue([row.id], clock.now()) == 1
+    assert outbox.deliver_due(cfg, clock).sent == 1
+
+
+def test_permanent_failure_is_dead_at_once(setup, smarthost):
+    clock = setup
+    row = queue_one(clock)
+    smarthost.sink.reply = "550 5.1.1 no such user"
+    assert outbox.deliver_due(cfg_for(smarthost.port, max_attempts=8), clock).dead == 1
+    assert "550" in Outbox.get_by_id(row.id).last_error
