@@ -30,6 +30,7 @@ from pathlib import Path
 import jinja2
 
 from .errors import TemplateError
+from . import models
 from .models import Outbox
 
 SHIPPED_TEMPLATES = Path(__file__).parent / "templates"
@@ -129,23 +130,10 @@ def reply_headers(parent_id: str | None, parent_refs: list[str], parent_thread_i
 
 
 def queue(*, kind: str, ticket: int | None, mail_from: str, to: str, rendered: Rendered,
-          headers: dict[str, str], message_id: str, now: datetime, automatic: bool) -> Outbox:
-    """Write one outgoing message into the outbox (inside the caller's transaction)."""
-    return Outbox.create(
+          headers: dict[str, str], message_id: str, now: datetime, automatic: bool) -> int:
+    """Write one outgoing message into the outbox (inside the caller's transaction); its id."""
+    return models.insert(Outbox, dict(
         ticket=ticket, kind=kind, automatic=automatic, mail_from=mail_from, to_addr=to,
         subject=rendered.subject, body=rendered.body, headers=headers, message_id=message_id,
         state="queued", next_attempt_at=now, created_at=now,
-    )
-
-
-def automatic_mails_since(address: str, since: datetime) -> int:
-    """How many automatic mails went (or are queued) to `address` since `since`.
-
-    The per-address rate limit is derived from the outbox itself rather than kept in
-    a counter that could drift from it.
-    """
-    return (
-        Outbox.select()
-        .where((Outbox.to_addr == address) & (Outbox.automatic == True) & (Outbox.created_at >= since))  # noqa: E712
-        .count()
-    )
+    ))

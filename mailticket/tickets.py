@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from . import models
 from .models import Agent, Event, Message, Ticket
 
 # A customer's message moves a ticket to `open` from these statuses.
@@ -22,14 +23,7 @@ def by_number(number: int) -> Ticket | None:
 
 def by_message_ids(ids: list[str]) -> tuple[Ticket | None, str | None]:
     """The ticket of the first id in `ids` (most relevant first) that we know, and that id."""
-    if not ids:
-        return None, None
-    rows = (
-        Message.select(Message.message_id, Message.ticket)
-        .where(Message.message_id.in_(ids[:50]))
-        .tuples()
-    )
-    found = {mid: ticket for mid, ticket in rows}
+    found = models.tickets_of_message_ids(ids)
     for mid in ids:
         if mid in found:
             return Ticket.get_by_id(found[mid]), mid
@@ -56,37 +50,6 @@ def may_write(ticket: Ticket, sender: str, thread_ids: list[str], agents: frozen
     ).exists():
         return True
     return bool(sender) and is_agent(sender, agents)
-
-
-def create(*, subject: str, requester: str, requester_name: str, cc: list[str], language: str,
-           queue: str, now: datetime, linked_to: int | None = None) -> Ticket:
-    return Ticket.create(
-        subject=subject, requester=requester, requester_name=requester_name, cc=cc,
-        language=language, queue=queue, linked_to=linked_to, status="new",
-        created_at=now, updated_at=now,
-    )
-
-
-def add_events(ticket: Ticket, now: datetime, events: list[tuple[str, str, dict]]) -> None:
-    """Record (actor, kind, detail) events in one statement."""
-    if events:
-        Event.insert_many(
-            [{"ticket": ticket.number, "at": now, "actor": a, "kind": k, "detail": d}
-             for a, k, d in events]
-        ).execute()
-
-
-def set_status(ticket: Ticket, status: str, now: datetime, actor: str,
-               events: list[tuple[str, str, dict]]) -> None:
-    """Change the status in memory and note the event; the caller saves the ticket."""
-    if status == ticket.status:
-        return
-    events.append((actor, "status", {"from": ticket.status, "to": status}))
-    ticket.status = status
-    if status == "resolved":
-        ticket.resolved_at = now
-    elif status == "closed":
-        ticket.closed_at = now
 
 
 def listing(*, status: str | None = None, queue: str | None = None, requester: str | None = None,
