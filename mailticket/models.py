@@ -292,3 +292,18 @@ def automatic_mails_since(address: str, since) -> int:
                f'{p} AND "automatic" = {p} AND "created_at" >= {p}')
     field = Outbox._meta.fields["created_at"]
     return database_proxy.execute_sql(sql, [address, True, field.db_value(since)]).fetchone()[0]
+
+
+def get(model: type[BaseModel], pk: int):
+    """One row by primary key as a model instance, or None."""
+    meta = model._meta
+    fields = meta.sorted_fields
+
+    def build(param: str) -> str:
+        cols = ", ".join(_q(f.column_name) for f in fields)
+        return f"SELECT {cols} FROM {_q(meta.table_name)} WHERE {_q(meta.primary_key.column_name)} = {param}"
+
+    row = database_proxy.execute_sql(_sql(("get", model), build), [pk]).fetchone()
+    if row is None:
+        return None
+    return model(**{f.name: f.python_value(v) for f, v in zip(fields, row)})

@@ -18,7 +18,7 @@ REOPEN_ON_CUSTOMER_REPLY = {"pending": "open", "on-hold": "on-hold", "resolved":
 
 
 def by_number(number: int) -> Ticket | None:
-    return Ticket.get_or_none(Ticket.number == number)
+    return models.get(Ticket, number)
 
 
 def by_message_ids(ids: list[str]) -> tuple[Ticket | None, str | None]:
@@ -26,7 +26,7 @@ def by_message_ids(ids: list[str]) -> tuple[Ticket | None, str | None]:
     found = models.tickets_of_message_ids(ids)
     for mid in ids:
         if mid in found:
-            return Ticket.get_by_id(found[mid]), mid
+            return by_number(found[mid]), mid
     return None, None
 
 
