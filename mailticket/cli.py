@@ -22,6 +22,7 @@ from . import __version__, intake, outbox, tickets
 from .app import App, load_config, open_app
 from .errors import MailticketError, RulesError, StorageError
 from .intake import Incoming
+from .rules import check_rules, load_rules
 
 EX_TEMPFAIL = 75
 SAMPLE_RULES = Path(__file__).resolve().parent.parent / "rules"
@@ -469,6 +470,88 @@ def quarantine_retry(obj: Ctx, ids, as_json: bool) -> None:
         click.echo(f"{r.inbox_id}: {r.outcome}" + (f" #{r.ticket}" if r.ticket else "")
                    + (f" ({r.reason})" if r.reason else ""))
     click.echo(f"{len(results)} message(s) retried")
+
+
+# --- rules -------------------------------------------------------------------------------
+
+
+@main.group("rules")
+def rules_group() -> None:
+    """Check, try and list the YAML rules in [paths] rules."""
+
+
+@rules_group.command("check")
+@click.argument("path", required=False, type=click.Path(exists=True))
+@json_option
+@click.pass_obj
+def rules_check(obj: Ctx, path: str | None, as_json: bool) -> None:
+    """Validate the rules (or PATH): every problem with file, line and key; exit 1 if any."""
+    target = path or obj.config.paths.rules
+    problems = check_rules(target)
+    if as_json:
+        emit_json([{"file": p.file, "line": p.line, "key": p.key, "rule": p.rule,
+                    "message": p.message} for p in problems])
+    else:
+        for p in problems:
+            click.echo(str(p))
+        if not problems:
+            n = len(load_rules(target))
+            click.echo(f"{target}: {n} rule(s), no problems")
+    if problems:
+        if not as_json:
+            click.echo(f"{len(problems)} problem(s); the daemon will not start (or reload) "
+                       "until they are fixed", err=True)
+        sys.exit(1)
+
+
+@rules_group.command("list")
+@json_option
+@click.pass_obj
+def rules_list(obj: Ctx, as_json: bool) -> None:
+    """The rules in evaluation order (files by name, rules in file order)."""
+    try:
+        ruleset = load_rules(obj.config.paths.rules)
+    except RulesError as exc:
+        raise click.ClickException(f"the rules are broken:\n{exc}") from None
+    rows = ruleset.describe()
+    if as_json:
+        emit_json(rows)
+        return
+    table([[r.get("file"), r.get("line"), r.get("name"), r.get("applies_to"),
+            "stop" if r.get("stop") else "", r.get("when", "")] for r in rows],
+          ["file", "line", "rule", "applies", "stop", "when"])
+
+
+@rules_group.command("test")
+@click.argument("message", type=click.File("rb"))
+@json_option
+@click.pass_obj
+def rules_test(obj: Ctx, message, as_json: bool) -> None:
+    """Show which rules MESSAGE (an .eml file, or -) matches, why, and the result.
+
+    Nothing is stored. A message whose subject token names an existing ticket is
+    tried as a reply to it.
+    """
+    from .pipeline import rule_context  # noqa: PLC0415 - the pipeline pulls in the parsers
+
+    app = obj.app()
+    from .parsers.message import parse as parse_bytes  # noqa: PLC0415
+
+    parsed = parse_bytes(message.read())
+    ticket = None
+    number = app.pipeline.env.tokens.find(parsed.subject)
+    if number:
+        ticket = tickets.by_number(number)
+    context = rule_context(app.pipeline.env, ticket, source="ingest", mailbox=None, queue=None)
+    evaluation = app.rules.evaluate(parsed, context)
+    if as_json:
+        out = evaluation.as_dict()
+        out["reply_to_ticket"] = ticket.number if ticket else None
+        emit_json(out)
+        return
+    if ticket:
+        click.echo(f"(tried as a reply to ticket #{ticket.number})")
+    click.echo(evaluation.explain())
 
 
 if __name__ == "__main__":  # pragma: no cover

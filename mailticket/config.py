@@ -120,6 +120,12 @@ class Sla:
     )
 
 
+    # Business hours, for rules (`business_hours: true`) and SLA clocks.
+    business_days: str = "mon-fri"
+    business_hours: str = "08:00-18:00"
+    holidays: str = ""  # ISO 3166 country code for public holidays, e.g. "BE"; empty: none
+
+
 @dataclass(frozen=True)
 class Agents:
     auth: str = "signed"  # signed | none
@@ -151,6 +157,12 @@ class Config:
     daemon: Daemon = field(default_factory=Daemon)
     # Where the file was read from; relative paths were resolved against its folder.
     path: str = ""
+
+    def business_hours(self):
+        from .sla import BusinessHours
+
+        return BusinessHours.parse(self.sla.business_days, self.sla.business_hours,
+                                   self.helpdesk.timezone, self.sla.holidays or None)
 
     def our_addresses(self) -> frozenset[str]:
         """Every address that is the helpdesk itself (lower-case)."""
@@ -298,6 +310,10 @@ def _check(cfg: Config, path: Path) -> None:
         )
     if cfg.helpdesk.language not in cfg.helpdesk.languages:
         raise ConfigError(f"{path}: [helpdesk] language: {cfg.helpdesk.language!r} is not in languages")
+    try:
+        cfg.business_hours()
+    except (ValueError, KeyError, NotImplementedError) as exc:
+        raise ConfigError(f"{path}: [sla] business_days/business_hours/holidays: {exc}") from None
     host, _, port = cfg.smtp.listen.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"{path}: [smtp] listen: expected HOST:PORT, got {cfg.smtp.listen!r}")

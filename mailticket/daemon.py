@@ -130,7 +130,7 @@ class Daemon:
         except Exception:  # noqa: BLE001 - health reports, never raises
             db_ok = False
         return alive and db_ok, {"threads": alive, "database": db_ok,
-                                 "rules": len(self.app.rules.rules)}
+                                 "rules": len(self.app.rules)}
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -179,7 +179,7 @@ class Daemon:
         self.app.config, self.app.rules = cfg, rules
         self.app.pipeline = Pipeline(Env(cfg, rules, clock=self.app.clock, templates=templates))
         self.app.worker.pipeline = self.app.pipeline
-        log.info("reloaded configuration, %d rules and templates", len(rules.rules))
+        log.info("reloaded configuration, %d rules and templates", len(rules))
 
     def shutdown(self) -> None:
         log.info("stopping: no new mail accepted; finishing what is in flight")

@@ -101,6 +101,7 @@ class Env:
         self.attachments = AttachmentStore(config.paths.attachments)
         self.tokens = token_format(config.helpdesk.token)
         self.agents = frozenset(a.lower() for a in config.agents.addresses)
+        self.business_hours = config.business_hours()
 
 
 # --- the steps ---------------------------------------------------------------------------
@@ -183,19 +184,26 @@ def thread(run: Run, env: Env) -> None:
         run.is_new = True
 
 
-def route(run: Run, env: Env) -> None:
-    t = run.ticket
-    row = run.row
-    context = RuleContext(
-        is_reply=not run.is_new,
-        ticket_status=None if run.is_new else t.status,
-        ticket_priority=None if run.is_new else t.priority,
-        ticket_queue=None if run.is_new else t.queue,
-        source=row.source,
-        mailbox=row.mailbox,
-        queue=row.queue,
+def rule_context(env: Env, ticket: Ticket | None, *, source: str, mailbox: str | None,
+                 queue: str | None) -> RuleContext:
+    """What the rules may know beyond the message: the ticket it replies to, where it came from."""
+    return RuleContext(
         now=env.clock.now(),
+        is_reply=ticket is not None,
+        ticket_status=ticket.status if ticket else None,
+        ticket_priority=ticket.priority if ticket else None,
+        ticket_queue=ticket.queue if ticket else None,
+        source=source,
+        mailbox=mailbox,
+        queue=queue,
+        business_hours=env.business_hours,
     )
+
+
+def route(run: Run, env: Env) -> None:
+    row = run.row
+    context = rule_context(env, None if run.is_new else run.ticket, source=row.source,
+                           mailbox=row.mailbox, queue=row.queue)
     run.evaluation = env.rules.evaluate(run.parsed, context)
     if run.evaluation.decision.spam:
         names = ", ".join(h.rule for h in run.evaluation.hits)
