@@ -24,9 +24,9 @@ class App:
     config: Config
     db: object
     clock: object
-    rules: RuleSet
-    pipeline: Pipeline
-    worker: Worker
+    rules: RuleSet | None  # None when opened for reading only
+    pipeline: Pipeline | None
+    worker: Worker | None
 
     def close(self) -> None:
         self.db.close()
@@ -37,10 +37,22 @@ def load_ruleset(config: Config) -> RuleSet:
     return load_rules(Path(config.paths.rules))
 
 
-def open_app(config: Config, clock=None, *, batch: int | None = None) -> App:
+def open_app(config: Config, clock=None, *, batch: int | None = None,
+             processing: bool = True) -> App:
+    """The database, and with `processing` the rules, templates, pipeline and worker.
+
+    Commands that only read (ticket list, outbox list, ...) open without processing, so
+    that a broken rule file never stops an admin from looking at tickets.
+    """
     clock = clock or SystemClock()
     db = open_database(config.database.url)
-    rules = load_ruleset(config)
+    if not processing:
+        return App(config, db, clock, None, None, None)
+    try:
+        rules = load_ruleset(config)
+    except Exception:
+        db.close()
+        raise
     env = Env(config, rules, clock=clock, templates=Templates(config.paths.templates))
     pipeline = Pipeline(env)
     worker = Worker(pipeline, **({"batch": batch} if batch else {}))

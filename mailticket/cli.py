@@ -46,10 +46,13 @@ class Ctx:
         except MailticketError as exc:
             raise click.ClickException(str(exc)) from None
 
-    def app(self) -> App:
-        if self._app is None:
+    def app(self, processing: bool = True) -> App:
+        """The opened helpdesk; `processing=False` for commands that only read or deliver."""
+        if self._app is None or (processing and self._app.pipeline is None):
+            if self._app is not None:
+                self._app.close()
             try:
-                self._app = open_app(self.config)
+                self._app = open_app(self.config, processing=processing)
             except RulesError as exc:
                 raise click.ClickException(
                     f"the rules are broken; fix them (see `mailticket rules check`):\n{exc}"
@@ -328,7 +331,7 @@ def ticket() -> None:
 @click.pass_obj
 def ticket_list(obj: Ctx, status, queue, requester, limit, as_json) -> None:
     """List tickets, newest first."""
-    obj.app()
+    obj.app(processing=False)
     rows = tickets.listing(status=status, queue=queue, requester=requester, limit=limit)
     if as_json:
         emit_json([tickets.as_dict(t, full=False) for t in rows])
@@ -343,7 +346,7 @@ def ticket_list(obj: Ctx, status, queue, requester, limit, as_json) -> None:
 @click.pass_obj
 def ticket_show(obj: Ctx, number: int, as_json: bool) -> None:
     """Show ticket NUMBER: its fields, messages (new text) and history."""
-    obj.app()
+    obj.app(processing=False)
     t = tickets.by_number(number)
     if t is None:
         raise click.ClickException(f"no ticket #{number} (see `mailticket ticket list`)")
@@ -382,7 +385,7 @@ def outbox_group() -> None:
 @click.pass_obj
 def outbox_list(obj: Ctx, state, limit, as_json) -> None:
     """List outgoing messages, newest first."""
-    obj.app()
+    obj.app(processing=False)
     rows = outbox.listing(state, limit)
     if as_json:
         emit_json([outbox.as_dict(r) for r in rows])
@@ -395,7 +398,7 @@ def outbox_list(obj: Ctx, state, limit, as_json) -> None:
 @click.pass_obj
 def outbox_deliver(obj: Ctx) -> None:
     """Deliver every message that is due, once, and report."""
-    app = obj.app()
+    app = obj.app(processing=False)
     done = outbox.deliver_due(app.config, app.clock)
     click.echo(f"{done.sent} sent, {done.retry} to retry, {done.dead} dead")
 
@@ -405,7 +408,7 @@ def outbox_deliver(obj: Ctx) -> None:
 @click.pass_obj
 def outbox_retry(obj: Ctx, ids) -> None:
     """Queue dead messages (all, or IDS) for delivery again."""
-    app = obj.app()
+    app = obj.app(processing=False)
     n = outbox.requeue(list(ids), app.clock.now())
     click.echo(f"{n} message(s) queued again")
 
@@ -423,7 +426,7 @@ def quarantine() -> None:
 @click.pass_obj
 def quarantine_list(obj: Ctx, as_json: bool) -> None:
     """List quarantined messages with the step that failed and why."""
-    obj.app()
+    obj.app(processing=False)
     rows = intake.quarantined(limit=1000)
     if as_json:
         emit_json([{"id": r.id, "received_at": r.received_at.isoformat(), "source": r.source,
@@ -440,7 +443,7 @@ def quarantine_list(obj: Ctx, as_json: bool) -> None:
 @click.pass_obj
 def quarantine_show(obj: Ctx, inbox_id: int, raw: bool) -> None:
     """Show one quarantined message: why, and its headers (or --raw bytes)."""
-    obj.app()
+    obj.app(processing=False)
     row = intake.get(inbox_id)
     if row is None:
         raise click.ClickException(f"no message {inbox_id} in the inbox (see `mailticket quarantine list`)")

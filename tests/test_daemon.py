@@ -45,10 +45,11 @@ class DaemonProc:
         self.log = helpdesk.root / "daemon.log"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailticket.cli", "--config", str(self.hd.config_path), "run"],
-            stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
-        )
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mailticket.cli", "--config", str(self.hd.config_path), "run"],
+                stdout=subprocess.DEVNULL, stderr=log,
+            )
         wait_for(self._healthy, 30, f"the daemon to start (log: {self.log})")
 
     def _healthy(self) -> bool:
