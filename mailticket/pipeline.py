@@ -34,6 +34,7 @@ from .tokens import clean_subject, token_format
 
 log = logging.getLogger(__name__)
 
+DEFAULT_QUEUE = "general"  # where a ticket goes when neither its mailbox nor a rule says
 OUTCOMES = ("created", "appended", "duplicate", "suppressed", "bounce", "quarantined")
 
 
@@ -195,7 +196,7 @@ def rule_context(env: Env, ticket: Ticket | None, *, source: str, mailbox: str |
         ticket_queue=ticket.queue if ticket else None,
         source=source,
         mailbox=mailbox,
-        queue=queue,
+        queue=queue or DEFAULT_QUEUE,
         business_hours=env.business_hours,
     )
 
@@ -252,7 +253,7 @@ def _new_ticket(run: Run, env: Env, part: str | None, split_from: Ticket | None 
     values = dict(
         subject=subject, requester=run.sender or "unknown",
         requester_name=pm.from_.name if pm.from_ else "", cc=cc, language=language,
-        queue=run.row.queue or "general", status="new", tags=[], fields={},
+        queue=run.row.queue or DEFAULT_QUEUE, status="new", tags=[], fields={},
         linked_to=split_from.number if split_from else run.linked_to,
         created_at=now, updated_at=now,
     )
@@ -358,6 +359,10 @@ def _queue_notifications(run: Run, env: Env, t: Ticket, targets) -> None:
         rules=", ".join(h.rule for h in run.evaluation.hits),
     )
     for to in targets:
+        if "@" not in to:
+            # Groups are not resolved to addresses yet: say so on the ticket, send nothing.
+            run.event(t, "system", "notify-skipped", {"to": to, "why": "unknown group"})
+            continue
         notify.queue(kind="notify", ticket=t.number, mail_from=cfg.helpdesk.address, to=to,
                      rendered=rendered, headers={"Auto-Submitted": "auto-generated"},
                      message_id=notify.make_msgid(cfg.helpdesk.domain), now=now, automatic=False)

@@ -1,8 +1,8 @@
 """Load and validate the admins' rules (`rules/*.yaml`) into a `RuleSet`.
 
 Where it sits: the daemon and the CLI call `load_rules(path)` at start (broken rules:
-`RulesError`, the daemon refuses to start), the daemon keeps them in a `RulesHolder`
-whose `reload()` on SIGHUP keeps the last good set when the new one is broken, and the
+`RulesError`, the daemon refuses to start; on SIGHUP `daemon.reload` loads them again
+with the configuration and keeps the last good set when the new one is broken), and the
 pipeline's route step calls `RuleSet.evaluate(parsed, context)` (see `rules_eval.py`;
 conditions and the index that keeps 1,000 rules fast are in `rules_match.py`).
 `mailticket rules check` prints `check_rules(path)`; `rules list` prints `describe()`.
@@ -69,7 +69,7 @@ from .rules_match import (
 )
 
 __all__ = [
-    "Decision", "Evaluation", "Hit", "Problem", "Rule", "RuleContext", "RuleSet", "RulesHolder",
+    "Decision", "Evaluation", "Hit", "Problem", "Rule", "RuleContext", "RuleSet",
     "check_rules", "load_rules",
 ]
 
@@ -116,39 +116,6 @@ def load_rules(path: str | Path) -> RuleSet:
 def check_rules(path: str | Path) -> list[Problem]:
     """Every problem in the rules at `path` (empty: all good)."""
     return _Loader(Path(path)).load()[1]
-
-
-class RulesHolder:
-    """The rules in force, for the daemon: `reload()` on SIGHUP keeps the last good set.
-
-    It evaluates like a `RuleSet`, so the pipeline can be given the holder itself.
-    """
-
-    def __init__(self, path: str | Path, rules: RuleSet | None = None) -> None:
-        self.path = Path(path)
-        self.current = rules if rules is not None else load_rules(self.path)
-
-    def reload(self) -> list[Problem]:
-        """Load the rules again; on problems, log them, keep the current set, return them."""
-        try:
-            new = load_rules(self.path)
-        except RulesError as exc:
-            for p in exc.problems:
-                log.error("rules not reloaded: %s", p)
-            log.error("rules: keeping the %d rules in force", len(self.current))
-            return exc.problems
-        self.current = new  # one assignment: a worker sees the old set or the new, never a mix
-        log.info("rules reloaded: %d rules from %d files", len(new), len(new.files))
-        return []
-
-    def evaluate(self, parsed, context: RuleContext) -> Evaluation:
-        return self.current.evaluate(parsed, context)
-
-    def describe(self) -> list[dict[str, Any]]:
-        return self.current.describe()
-
-    def __len__(self) -> int:
-        return len(self.current)
 
 
 # --- the loader ------------------------------------------------------------------------

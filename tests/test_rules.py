@@ -14,7 +14,7 @@ import pytest
 
 from mailticket.errors import RulesError
 from mailticket.parsers import Address, Attachment, ParsedMessage
-from mailticket.rules import Problem, RuleContext, RuleSet, RulesHolder, check_rules, load_rules
+from mailticket.rules import Problem, RuleContext, RuleSet, check_rules, load_rules
 from mailticket.rules_match import Pattern, fold
 from mailticket.sla import BusinessHours
 
@@ -537,28 +537,6 @@ def test_missing_folder_means_no_rules(tmp_path):
 
 
 # --- reload ------------------------------------------------------------------------------
-
-
-def test_holder_reload_keeps_the_last_good_set(tmp_path, caplog):
-    path = write(tmp_path, "10-a.yaml", "- name: a\n  then: {queue: first}\n")
-    holder = RulesHolder(tmp_path)
-    assert holder.evaluate(msg(), ctx()).decision.queue == "first"
-    path.write_text("- name: a\n  then: {queue: second}\n")
-    assert holder.reload() == []
-    assert holder.evaluate(msg(), ctx()).decision.queue == "second"
-    path.write_text("- name: a\n  then: {queue: third, tier: 7}\n")
-    with caplog.at_level(logging.ERROR, logger="mailticket.rules"):
-        problems = holder.reload()
-    assert [p.key for p in problems] == ["tier"]
-    assert "tier must be 1, 2 or 3" in caplog.text and "keeping the 1 rules" in caplog.text
-    assert holder.evaluate(msg(), ctx()).decision.queue == "second"
-    assert holder.describe()[0]["then"] == "queue=second"
-
-
-def test_holder_refuses_to_start_on_broken_rules(tmp_path):
-    write(tmp_path, "10-a.yaml", "- name: a\n  then: {tier: 0}\n")
-    with pytest.raises(RulesError):
-        RulesHolder(tmp_path)
 
 
 # --- the prefilter never changes a result ---------------------------------------------------
