@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .db import DatabaseError
 from .errors import StorageError
-from .models import Inbox, database_proxy
+from .models import Inbox, SqliteDatabase, database_proxy
 from .pipeline import Pipeline, Quarantine, Result, StepFailed
 
 log = logging.getLogger(__name__)
@@ -76,31 +76,40 @@ class Worker:
         results: list[Result] = []
         last_id = 0
         while True:
-            query = Inbox.select().where((Inbox.state == "pending") & (Inbox.id > last_id))
-            if ids is not None:
-                query = query.where(Inbox.id.in_(ids))
-            rows = list(query.order_by(Inbox.id).limit(self.batch))
-            if not rows:
+            batch_results, last_id = self._run_batch(ids, last_id)
+            if not batch_results:
                 return results
-            batch_results = self._run_batch(rows)
-            last_id = rows[-1].id
             results.extend(batch_results)
             if on_result:
                 for r in batch_results:
                     on_result(r)
 
-    def _run_batch(self, rows: list[Inbox]) -> list[Result]:
+    def _run_batch(self, ids: list[int] | None, after: int) -> tuple[list[Result], int]:
+        """Take the next pending rows and process them in one transaction."""
         db = database_proxy
         pipeline = self.pipeline  # one pipeline per batch, even if a reload swaps it meanwhile
         out: list[Result] = []
-        with db.atomic():
+        sqlite = isinstance(db.obj, SqliteDatabase)
+        # SQLite: take the write lock up front.  A transaction that reads first and writes
+        # later cannot wait for a lock another connection took meanwhile (in WAL mode it
+        # fails at once with "database is locked"), whatever the busy timeout.
+        with db.atomic("IMMEDIATE") if sqlite else db.atomic():
+            query = Inbox.select().where((Inbox.state == "pending") & (Inbox.id > after))
+            if ids is not None:
+                query = query.where(Inbox.id.in_(ids))
+            query = query.order_by(Inbox.id).limit(self.batch)
+            if not sqlite:
+                # Several daemons on one PostgreSQL database: each takes rows no other
+                # holds, so a message is processed once.  (SQLite has one writer anyway.)
+                query = query.for_update("FOR UPDATE SKIP LOCKED")
+            rows = list(query)
             for row in rows:
                 try:
                     with db.atomic():  # a savepoint: a failure undoes this message only
                         out.append(pipeline.run(row))
                 except StepFailed as failed:
                     out.append(self._quarantine(row, failed))
-        return out
+        return out, (rows[-1].id if rows else after)
 
     def _quarantine(self, row: Inbox, failed: StepFailed) -> Result:
         if isinstance(failed.cause, Quarantine):
