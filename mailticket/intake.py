@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .db import DatabaseError
 from .errors import StorageError
+from . import models
 from .models import Inbox, SqliteDatabase, database_proxy
 from .pipeline import Pipeline, Quarantine, Result, StepFailed
 
@@ -53,10 +54,10 @@ def store_many(items: Iterable[Incoming], *, now) -> list[int]:
     try:
         with db.atomic():
             return [
-                Inbox.insert(
+                models.insert(Inbox, dict(
                     received_at=now, source=i.source, mailbox=i.mailbox, queue=i.queue,
                     raw=i.raw, state="pending", silent=i.silent,
-                ).execute()
+                ))
                 for i in items
             ]
     except DatabaseError as exc:

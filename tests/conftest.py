@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+pytest_plugins = ["conftest_dovecot"]  # the private Dovecot for the IMAP tests
+
 PG_ADMIN_DSN = os.environ.get("MAILTICKET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
