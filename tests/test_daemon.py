@@ -29,20 +29,23 @@ def free_port() -> int:
 
 
 class DaemonProc:
-    def __init__(self, helpdesk) -> None:
+    def __init__(self, helpdesk, extra: str = "") -> None:
         self.hd = helpdesk
         self.smtp_port = free_port()
         self.http_port = free_port()
-        helpdesk.write_config(f"""
+        self.configure(extra)
+        self.proc: subprocess.Popen | None = None
+        self.log = helpdesk.root / "daemon.log"
+
+    def configure(self, extra: str = "") -> None:
+        self.hd.write_config(f"""
             [smtp]
             listen = "127.0.0.1:{self.smtp_port}"
             [daemon]
             http = "127.0.0.1:{self.http_port}"
             outbox_interval = 1
             drain_seconds = 10
-        """)
-        self.proc: subprocess.Popen | None = None
-        self.log = helpdesk.root / "daemon.log"
+        """ + extra)
 
     def start(self) -> None:
         with self.log.open("ab") as log:
@@ -97,6 +100,28 @@ def test_smtp_to_ticket_to_acknowledgement_file(daemon, helpdesk):
     metrics = daemon.get("/metrics")
     assert 'mailticket_messages_total{outcome="created",source="smtp"} 1.0' in metrics
     assert "mailticket_tickets_created_total 1.0" in metrics
+    assert daemon.stop() == 0
+
+
+def test_imap_mail_becomes_a_ticket_and_is_flagged(daemon, helpdesk, dovecot, monkeypatch):
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", dovecot.password)
+    daemon.configure(f"""
+        [[imap]]
+        host = "{dovecot.host}"
+        port = {dovecot.port}
+        tls = "none"
+        user = "{dovecot.user}"
+        password_env = "TEST_IMAP_PASSWORD"
+        queue = "imap-queue"
+        history_days = 0
+    """)
+    daemon.start()
+    dovecot.append(mail(subject="Sent to the IMAP box"))
+    [t] = wait_for(lambda: tickets_of(helpdesk), what="the IMAP ticket")
+    assert t["subject"] == "Sent to the IMAP box" and t["queue"] == "imap-queue"
+    with dovecot.client("INBOX") as c:
+        assert wait_for(lambda: c.search(["SEEN"]), what="the message flagged \\Seen")
+    assert 'source="imap"' in daemon.get("/metrics")
     assert daemon.stop() == 0
 
 
