@@ -4,7 +4,9 @@ The pipeline calls `parsers.message.parse(raw)` and gets a `ParsedMessage`.  The
 types below are the only thing the rest of mailticket knows about parsing: the
 parsers import nothing else of ours.
 
-    message    raw bytes -> ParsedMessage (built on mail-parser)
+    message    raw bytes -> ParsedMessage (mail-parser for addresses, compat32 email for parts)
+    feed       raw bytes -> email Message, with a time limit and a fast path for big base64
+    decode     charsets, RFC 2047 words, message ids, dates, safe file names, format=flowed
     html       HTML -> readable text
     quotes     the new text of a reply: quoted history and signature removed
     autoreply  auto-reply / bounce / bulk classification (RFC 3834, RFC 3464)
