@@ -247,7 +247,8 @@ def count_inputs(paths: tuple[str, ...]) -> int | None:
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @json_option
-@click.option("--batch", default=100, show_default=True, help="Messages stored and processed per transaction.")
+@click.option("--batch", default=100, show_default=True,
+              help="Messages stored and processed per transaction.")
 @click.pass_obj
 def ingest(obj: Ctx, paths: tuple[str, ...], as_json: bool, batch: int) -> None:
     """Store and process messages from .eml files, mboxes, Maildirs or - (stdin).
@@ -535,10 +536,10 @@ def rules_test(obj: Ctx, message, as_json: bool) -> None:
     Nothing is stored. A message whose subject token names an existing ticket is
     tried as a reply to it.
     """
-    from .pipeline import rule_context  # noqa: PLC0415 - the pipeline pulls in the parsers
+    from .pipeline import rule_context
 
     app = obj.app()
-    from .parsers.message import parse as parse_bytes  # noqa: PLC0415
+    from .parsers.message import parse as parse_bytes
 
     parsed = parse_bytes(message.read())
     ticket = None

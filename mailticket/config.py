@@ -302,7 +302,8 @@ def _check(cfg: Config, path: Path) -> None:
     try:
         ZoneInfo(cfg.helpdesk.timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{path}: [helpdesk] timezone: unknown time zone {cfg.helpdesk.timezone!r}") from None
+        raise ConfigError(
+            f"{path}: [helpdesk] timezone: unknown time zone {cfg.helpdesk.timezone!r}") from None
     url = cfg.database.url
     if not url.startswith(("sqlite://", "postgresql://", "postgres://")):
         raise ConfigError(

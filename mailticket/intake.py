@@ -18,9 +18,9 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from . import models
 from .db import DatabaseError
 from .errors import StorageError
-from . import models
 from .models import Inbox, SqliteDatabase, database_proxy
 from .pipeline import Pipeline, Quarantine, Result, StepFailed
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import jinja2
 
-from .errors import TemplateError
 from . import models
+from .errors import TemplateError
 from .models import Outbox
 
 SHIPPED_TEMPLATES = Path(__file__).parent / "templates"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import smtplib
-import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -93,7 +92,7 @@ class SmtpTransport:
             self.close()
             raise (PermanentFailure if exc.smtp_code >= 500 else TemporaryFailure)(
                 f"{exc.smtp_code} {exc.smtp_error!r}") from exc
-        except (smtplib.SMTPException, OSError, socket.timeout) as exc:
+        except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             self.close()
             raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from exc
 

@@ -21,11 +21,10 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from . import notify, tickets
+from . import models, notify, tickets
 from .attachments import AttachmentStore
 from .clock import SystemClock
 from .config import Config
-from . import models
 from .models import Attachment, Event, Inbox, Message, Ticket
 from .parsers import MailClass, ParsedMessage
 from .parsers.message import parse as parse_bytes
@@ -403,13 +402,13 @@ class Pipeline:
         run = Run(row=row)
         step = ""
         try:
-            for step, func in self.steps:
+            for step, func in self.steps:  # noqa: B007 - `step` names the failing step below
                 func(run, self.env)
         except Stop as stop:
             run.outcome, run.reason = stop.outcome, stop.reason
         except Quarantine as q:
             raise StepFailed(step, q) from q
-        except Exception as exc:  # noqa: BLE001 - any bug must cost a message nothing
+        except Exception as exc:
             raise StepFailed(step, exc) from exc
         now = self.env.clock.now()
         if run.events:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
-from datetime import datetime, timezone
 
 _seq = itertools.count(1)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from mails import mail
 
 from mailticket.cli import main
-from mails import mail
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -17,7 +17,6 @@ import threading
 import urllib.request
 
 import pytest
-
 from mails import mail, msgid
 from waiting import wait_for
 

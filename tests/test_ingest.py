@@ -145,8 +145,8 @@ def test_rate_limit_on_automatic_mail(helpdesk):
 
 
 def test_reply_reopens_pending_ticket_and_closed_ticket_opens_new(helpdesk):
-    from mailticket.models import Ticket
     from mailticket.db import open_database
+    from mailticket.models import Ticket
 
     helpdesk.ingest(mail(subject="Help"))
     db = open_database(helpdesk.db_url)
