@@ -31,6 +31,8 @@ from .pipeline import Env, Pipeline, Result
 
 log = logging.getLogger(__name__)
 
+DAEMON_BATCH = 20  # messages per worker transaction in the daemon (ingest uses 100)
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -184,7 +186,7 @@ class Daemon:
     def shutdown(self) -> None:
         log.info("stopping: no new mail accepted; finishing what is in flight")
         if self.listener is not None:
-            self.listener.stop()
+            self.listener.stop(timeout=self.app.config.daemon.drain_seconds)
         self.stop.set()
         self.wake_worker.set()
         self.wake_outbox.set()
@@ -216,6 +218,8 @@ class Daemon:
 def run(config_path: str | None) -> None:
     cfg = config_mod.load(config_path)
     setup_logging(cfg.daemon.log_format)
-    app = open_app(cfg)
+    # Short worker transactions: on SQLite the worker holds the one write lock for a
+    # whole batch, and the SMTP listener's commits (the client's 250) wait behind it.
+    app = open_app(cfg, batch=DAEMON_BATCH)
     Daemon(app, config_path).serve_forever()
     app.close()

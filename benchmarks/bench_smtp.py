@@ -1,0 +1,229 @@
+"""SMTP listener benchmark: the mailticket listener against a sink that stores nothing.
+
+    .venv/bin/python benchmarks/bench_smtp.py [--messages 5000] [--clients 16]
+                                              [--db sqlite|postgresql] [--writers N]
+
+Sends the messages of the ingest benchmark (bench_ingest.generate: threads, HTML,
+some 100-150 KB attachments) from `--clients` concurrent clients, each keeping one
+connection open, to:
+
+  sink      a bare aiosmtpd server that answers 250 and stores nothing (the ceiling)
+  listener  mailticket.smtp storing every message in the durable inbox, 250 after commit
+
+Each server runs in a child process of its own (the clients do not share its GIL),
+and prints messages per second, p50/p99 latency from the end of DATA (the final
+"." sent) to the reply and the server's CPU time per message, then listener/sink.  `run_clients(host, port, messages,
+clients)` can be imported to drive any server (the daemon, for end-to-end figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mailbox
+import os
+import re
+import resource
+import smtplib
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RCPT = "support@helpdesk.test"
+
+
+def load_messages(n: int) -> list[bytes]:
+    """n messages of the ingest benchmark's mailbox, with CRLF line ends as on the wire."""
+    sys.path.insert(0, str(HERE))
+    from bench_ingest import OUT, generate
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"bench-{n}.mbox"
+    if not path.exists():
+        generate(n, path)
+    box = mailbox.mbox(path, create=False)
+    try:
+        return [re.sub(rb"\r?\n", b"\r\n", box.get_bytes(k)) for k in box.iterkeys()]
+    finally:
+        box.close()
+
+
+def _client(host: str, port: int, raws: Sequence[bytes], ready: threading.Barrier,
+            latencies: list[float], errors: list[BaseException]) -> None:
+    try:
+        with smtplib.SMTP(host, port, timeout=60) as s:
+            s.ehlo("bench.client.test")
+            ready.wait()
+            for raw in raws:
+                if s.mail("customer@example.test")[0] != 250 or s.rcpt(RCPT)[0] != 250:
+                    raise RuntimeError("MAIL or RCPT refused")
+                if s.docmd("DATA")[0] != 354:
+                    raise RuntimeError("DATA refused")
+                s.send(re.sub(rb"(?m)^\.", b"..", raw) + b".\r\n")  # RFC 5321 4.5.2
+                start = time.perf_counter()  # the end of DATA
+                code, reply = s.getreply()
+                latencies.append(time.perf_counter() - start)
+                if code != 250:
+                    raise RuntimeError(f"DATA answered {code} {reply!r}")
+    except BaseException as exc:  # noqa: BLE001 - reported by run_clients
+        errors.append(exc)
+        ready.abort()
+
+
+def run_clients(host: str, port: int, messages: Sequence[bytes] | int,
+                clients: int = 16) -> tuple[float, list[float]]:
+    """Send `messages` (or that many generated ones) from `clients` kept-open connections.
+
+    Returns (messages per second, latencies in seconds from the end of DATA to the 250).
+    The clock starts once every client has connected and said EHLO.
+    """
+    raws = load_messages(messages) if isinstance(messages, int) else list(messages)
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+    ready = threading.Barrier(clients + 1)
+    threads = [threading.Thread(target=_client, args=(host, port, raws[n::clients], ready,
+                                                      latencies, errors)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        ready.wait(timeout=60)
+    except threading.BrokenBarrierError:
+        pass
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"{len(errors)} clients failed, first: {errors[0]!r}")
+    return len(raws) / elapsed, latencies
+
+
+# --- the servers, each in a child process ---------------------------------------------
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def serve_sink() -> None:
+    import asyncio
+
+    from aiosmtpd.smtp import SMTP
+
+    class Sink:
+        async def handle_DATA(self, server, session, envelope) -> str:
+            return "250 2.0.0 OK"
+
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(loop.create_server(
+        lambda: SMTP(Sink(), loop=loop, enable_SMTPUTF8=True, hostname="sink",
+                     data_size_limit=25 * 1024 * 1024), "127.0.0.1", 0))
+    print("PORT", server.sockets[0].getsockname()[1], flush=True)
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    cpu = cpu_seconds()
+    sys.stdin.read()  # the parent closes stdin when the clients are done
+    loop.call_soon_threadsafe(server.close)
+    print(json.dumps({"stored": None, "cpu": cpu_seconds() - cpu}), flush=True)
+
+
+def serve_listener(url: str, writers: int | None) -> None:
+    sys.path.insert(0, str(ROOT))
+    from mailticket import smtp
+    from mailticket.clock import SystemClock
+    from mailticket.config import from_dict
+    from mailticket.db import open_database
+    from mailticket.models import Inbox
+
+    cfg = from_dict({"helpdesk": {"address": RCPT}, "database": {"url": url},
+                     "smtp": {"listen": "127.0.0.1:0"}}, Path(tempfile.gettempdir()) / "x.toml")
+    db = open_database(url)
+    listener = smtp.start(cfg, SystemClock(), writers=writers)
+    print("PORT", listener.port, flush=True)
+    cpu = cpu_seconds()
+    sys.stdin.read()
+    listener.stop()
+    cpu = cpu_seconds() - cpu
+    print(json.dumps({"stored": Inbox.select().count(), "writers": listener.writers, "cpu": cpu}),
+          flush=True)
+    db.close()
+
+
+def measure(kind: str, url: str, writers: int | None, raws: list[bytes],
+            clients: int) -> tuple[float, list[float], dict]:
+    cmd = [sys.executable, __file__, "--serve", kind, "--url", url]
+    if writers:
+        cmd += ["--writers", str(writers)]
+    child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None and child.stdout is not None
+    line = child.stdout.readline()  # blocks until the server listens
+    if not line.startswith("PORT "):
+        child.kill()
+        raise SystemExit(f"{kind} server did not start: {line!r}")
+    try:
+        rate, latencies = run_clients("127.0.0.1", int(line.split()[1]), raws, clients)
+    finally:
+        child.stdin.close()
+        info = json.loads(child.stdout.readline() or "{}")
+        child.wait(timeout=60)
+    return rate, latencies, info
+
+
+def percentile(values: list[float], p: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=5000)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    ap.add_argument("--writers", type=int, help="store threads (default: the listener's own)")
+    ap.add_argument("--serve", choices=["sink", "listener"], help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve == "sink":
+        return serve_sink()
+    if args.serve == "listener":
+        return serve_listener(args.url, args.writers)
+
+    raws = load_messages(args.messages)
+    size = sum(map(len, raws)) / len(raws) / 1024
+    print(f"SMTP benchmark: {len(raws)} messages (mean {size:.0f} KB), {args.clients} clients "
+          f"with kept-open connections, {args.db}, {os.cpu_count()} cores")
+    print(f"{'server':<10}{'msg/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/msg':>12}   note")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        drop = None
+        if args.db == "sqlite":
+            url = f"sqlite:///{tmp}/bench.db"
+        else:
+            sys.path.insert(0, str(HERE))
+            from bench_ingest import fresh_pg
+
+            url, drop = fresh_pg()
+        try:
+            for kind in ("sink", "listener"):
+                rate, lat, info = measure(kind, url, args.writers, raws, args.clients)
+                results[kind] = rate
+                note = "" if info.get("stored") is None else (
+                    f"{info['stored']} rows stored, {info['writers']} store threads")
+                print(f"{kind:<10}{rate:>8.0f}{percentile(lat, 50) * 1000:>9.1f}"
+                      f"{percentile(lat, 99) * 1000:>9.1f}{info['cpu'] * 1000 / len(raws):>12.2f}"
+                      f"   {note}", flush=True)
+                if kind == "listener" and info["stored"] != len(raws):
+                    raise SystemExit(f"lost messages: {len(raws)} sent, {info['stored']} stored")
+        finally:
+            if drop:
+                drop()
+    print(f"ratio listener/sink = {results['listener'] / results['sink']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
