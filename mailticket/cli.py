@@ -185,13 +185,14 @@ def run(obj: Ctx) -> None:
     from . import daemon
 
     try:
-        daemon.run(obj.config_path)
+        code = daemon.run(obj.config_path)
     except RulesError as exc:
         raise click.ClickException(f"refusing to start: the rules are broken:\n{exc}") from None
     except StorageError as exc:
         raise TryLater(str(exc)) from None
     except MailticketError as exc:
         raise click.ClickException(str(exc)) from None
+    sys.exit(code)
 
 
 # --- ingest ------------------------------------------------------------------------------

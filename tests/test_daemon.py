@@ -86,7 +86,7 @@ def daemon(helpdesk):
 
 
 def tickets_of(hd) -> list[dict]:
-    return json.loads(hd.cli("ticket", "list", "--json").output)
+    return json.loads(hd.cli("ticket", "list", "--json", "--limit", "100000").output)
 
 
 def test_smtp_to_ticket_to_acknowledgement_file(daemon, helpdesk):

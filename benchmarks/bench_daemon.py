@@ -1,0 +1,200 @@
+"""End-to-end benchmark of `mailticket run`: SMTP and IMAP in, tickets committed.
+
+    .venv/bin/python benchmarks/bench_daemon.py [--smtp 5000] [--imap 10000] [--db sqlite|postgresql|both]
+
+All in one run, on the same generated messages (bench_ingest.generate):
+
+  ingest   `mailticket ingest` of the messages (the pipeline's own rate: the reference)
+  sink     an aiosmtpd server that stores nothing (bench_smtp)
+  smtp     16 clients with kept-open connections send to the real daemon; the rate is
+           messages / time until the last ticket is committed; p50/p99 from the end of
+           DATA to the 250
+  bare     a bare imapclient fetch loop over the IMAP backlog (bench_imap)
+  imap     the daemon drains the IMAP backlog (Dovecot on loopback) until the last
+           ticket is committed
+
+Targets (issue 3): smtp and imap each >= 80% of the ingest rate; smtp p99 < 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT), str(ROOT / "tests")]
+
+import bench_imap  # noqa: E402
+import bench_ingest  # noqa: E402
+import bench_smtp  # noqa: E402
+
+RCPT = bench_smtp.RCPT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def processed(url: str) -> int:
+    """Inbox rows no longer pending (read through a fresh connection each time)."""
+    if url.startswith("sqlite:///"):
+        import sqlite3
+
+        with sqlite3.connect(url[10:], timeout=30) as conn:
+            return conn.execute("SELECT COUNT(*) FROM inbox WHERE state != 'pending'").fetchone()[0]
+    import psycopg2
+
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM inbox WHERE state != 'pending'")
+        return cur.fetchone()[0]
+
+
+class Daemon:
+    def __init__(self, workdir: Path, url: str, imap: str = "") -> None:
+        self.smtp_port, self.http_port = free_port(), free_port()
+        self.url = url
+        self.cfg = workdir / "mailticket.toml"
+        self.cfg.write_text(
+            f'[helpdesk]\naddress = "{RCPT}"\nauto_reply_limit = 100000\n'
+            f'[database]\nurl = "{url}"\n[paths]\nrules = "{ROOT / "rules"}"\n'
+            f'[smtp]\nlisten = "127.0.0.1:{self.smtp_port}"\n'
+            f'[daemon]\nhttp = "127.0.0.1:{self.http_port}"\n' + imap
+        )
+        self.log = workdir / "daemon.log"
+
+    def __enter__(self) -> Daemon:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mailticket.cli", "--config", str(self.cfg), "run"],
+                stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"daemon exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1)
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise SystemExit("daemon did not start")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=120)
+
+    def wait_processed(self, n: int, timeout: float = 1800) -> float:
+        """Block until n rows are processed; return the monotonic time it happened."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if processed(self.url) >= n:
+                return time.perf_counter()
+            time.sleep(0.05)
+        raise SystemExit(f"only {processed(self.url)} of {n} processed in time")
+
+
+def database(backend: str, tmp: str):
+    if backend == "sqlite":
+        return f"sqlite:///{tmp}/bench.db", None
+    return bench_ingest.fresh_pg()
+
+
+def smtp_end_to_end(backend: str, raws: list[bytes], clients: int) -> tuple[float, list[float], float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        url, drop = database(backend, tmp)
+        try:
+            with Daemon(Path(tmp), url) as d:
+                began = time.perf_counter()
+                smtp_rate, latencies = bench_smtp.run_clients("127.0.0.1", d.smtp_port, raws, clients)
+                done = d.wait_processed(len(raws))
+            return len(raws) / (done - began), latencies, smtp_rate
+        finally:
+            if drop:
+                drop()
+
+
+def imap_end_to_end(backend: str, n: int) -> dict:
+    from dovecot import Dovecot
+
+    raws = list(bench_imap.messages(n))
+    with Dovecot() as server:
+        account = server.account()
+        account.append_many(raws)
+        bare = bench_imap.bare(server.host, server.port, account.user, server.password, 500)
+        with tempfile.TemporaryDirectory() as tmp:
+            mbox = Path(tmp) / "imap.mbox"
+            with mbox.open("wb") as fh:
+                for raw in raws:
+                    fh.write(b"From bench@localhost Mon Mar  2 10:00:00 2026\n")
+                    data = raw.replace(b"\r\n", b"\n")
+                    fh.write(data.replace(b"\nFrom ", b"\n>From ") + b"\n")
+            ingest = bench_ingest.run_child("pipeline", mbox, backend)
+            url, drop = database(backend, tmp)
+            os.environ["BENCH_IMAP_PASSWORD"] = server.password
+            imap_cfg = (f'[[imap]]\nhost = "{server.host}"\nport = {server.port}\ntls = "none"\n'
+                        f'user = "{account.user}"\npassword_env = "BENCH_IMAP_PASSWORD"\n')
+            try:
+                began = time.perf_counter()
+                with Daemon(Path(tmp), url, imap_cfg) as d:
+                    done = d.wait_processed(n)
+            finally:
+                if drop:
+                    drop()
+    return {"bare": bare["messages"] / bare["seconds"], "ingest": n / ingest["seconds"],
+            "imap": n / (done - began)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smtp", type=int, default=5000, help="messages sent over SMTP")
+    ap.add_argument("--imap", type=int, default=10000, help="messages in the IMAP backlog (0: skip)")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    args = ap.parse_args()
+    backends = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    raws = bench_smtp.load_messages(args.smtp)
+    mbox = bench_ingest.OUT / f"bench-{args.smtp}.mbox"
+    pct = bench_smtp.percentile
+    print(f"daemon benchmark: {args.smtp} SMTP messages from {args.clients} clients, "
+          f"{args.imap} IMAP messages, {os.cpu_count()} cores")
+    for backend in backends:
+        ingest = args.smtp / bench_ingest.run_child("pipeline", mbox, backend)["seconds"]
+        with tempfile.TemporaryDirectory() as tmp:
+            url, drop = database(backend, tmp)
+            try:
+                sink, sink_lat, _ = bench_smtp.measure("sink", url, None, raws, args.clients)
+            finally:
+                if drop:
+                    drop()
+        e2e, lat, accept = smtp_end_to_end(backend, raws, args.clients)
+        print(f"\n[{backend}] SMTP, {args.smtp} messages")
+        print(f"  ingest (reference)      {ingest:7.0f} msg/s")
+        print(f"  sink (stores nothing)   {sink:7.0f} msg/s   p50 {pct(sink_lat, 50) * 1e3:5.1f} ms"
+              f"   p99 {pct(sink_lat, 99) * 1e3:5.1f} ms")
+        print(f"  daemon, 250 received    {accept:7.0f} msg/s   p50 {pct(lat, 50) * 1e3:5.1f} ms"
+              f"   p99 {pct(lat, 99) * 1e3:5.1f} ms")
+        print(f"  daemon, tickets done    {e2e:7.0f} msg/s   = {e2e / ingest:.2f} of ingest (target >= 0.80)")
+        if args.imap:
+            r = imap_end_to_end(backend, args.imap)
+            print(f"[{backend}] IMAP backlog, {args.imap} messages")
+            print(f"  bare fetch loop         {r['bare']:7.0f} msg/s")
+            print(f"  ingest (reference)      {r['ingest']:7.0f} msg/s")
+            print(f"  daemon, tickets done    {r['imap']:7.0f} msg/s   = {r['imap'] / r['ingest']:.2f} "
+                  "of ingest (target >= 0.80)")
+
+
+if __name__ == "__main__":
+    _ = threading  # the clients run in threads inside bench_smtp
+    main()
