@@ -91,6 +91,20 @@ class Daemon:
                 time.sleep(0.1)
         raise SystemExit("daemon did not start")
 
+    def cpu_ms(self) -> dict:
+        """CPU time so far of the edge (main) process and of its worker process."""
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def cpu(pid: int) -> float:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) * 1000 / tick
+
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        out = {"edge": cpu(self.proc.pid)}
+        for child in children:
+            out["worker"] = out.get("worker", 0) + cpu(int(child))
+        return out
+
     def __exit__(self, *exc) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=120)
@@ -111,7 +125,7 @@ def database(backend: str, tmp: str):
     return bench_ingest.fresh_pg()
 
 
-def smtp_end_to_end(backend: str, raws: list[bytes], clients: int) -> tuple[float, list[float], float]:
+def smtp_end_to_end(backend: str, raws: list[bytes], clients: int):
     with tempfile.TemporaryDirectory() as tmp:
         url, drop = database(backend, tmp)
         try:
@@ -119,7 +133,8 @@ def smtp_end_to_end(backend: str, raws: list[bytes], clients: int) -> tuple[floa
                 began = time.perf_counter()
                 smtp_rate, latencies = bench_smtp.run_clients("127.0.0.1", d.smtp_port, raws, clients)
                 done = d.wait_processed(len(raws))
-            return len(raws) / (done - began), latencies, smtp_rate
+                cpu = d.cpu_ms()
+            return len(raws) / (done - began), latencies, smtp_rate, cpu
         finally:
             if drop:
                 drop()
@@ -178,7 +193,7 @@ def main() -> None:
             finally:
                 if drop:
                     drop()
-        e2e, lat, accept = smtp_end_to_end(backend, raws, args.clients)
+        e2e, lat, accept, cpu = smtp_end_to_end(backend, raws, args.clients)
         print(f"\n[{backend}] SMTP, {args.smtp} messages")
         print(f"  ingest (reference)      {ingest:7.0f} msg/s")
         print(f"  sink (stores nothing)   {sink:7.0f} msg/s   p50 {pct(sink_lat, 50) * 1e3:5.1f} ms"
@@ -186,6 +201,8 @@ def main() -> None:
         print(f"  daemon, 250 received    {accept:7.0f} msg/s   p50 {pct(lat, 50) * 1e3:5.1f} ms"
               f"   p99 {pct(lat, 99) * 1e3:5.1f} ms")
         print(f"  daemon, tickets done    {e2e:7.0f} msg/s   = {e2e / ingest:.2f} of ingest (target >= 0.80)")
+        print(f"  CPU per message: edge {cpu['edge'] / args.smtp:.2f} ms, "
+              f"worker {cpu.get('worker', 0) / args.smtp:.2f} ms (2 cores for clients, edge and worker)")
         if args.imap:
             r = imap_end_to_end(backend, args.imap)
             print(f"[{backend}] IMAP backlog, {args.imap} messages")

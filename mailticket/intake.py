@@ -77,13 +77,20 @@ class Worker:
         results: list[Result] = []
         last_id = 0
         while True:
-            batch_results, last_id = self._run_batch(ids, last_id)
-            if not batch_results:
+            batch_results, next_id = self._run_batch(ids, last_id)
+            if next_id == last_id:
                 return results
+            last_id = next_id
             results.extend(batch_results)
             if on_result:
                 for r in batch_results:
                     on_result(r)
+
+    def _pending(self, ids: list[int] | None, after: int):
+        query = Inbox.select().where((Inbox.state == "pending") & (Inbox.id > after))
+        if ids is not None:
+            query = query.where(Inbox.id.in_(ids))
+        return query.order_by(Inbox.id).limit(self.batch)
 
     def _run_batch(self, ids: list[int] | None, after: int) -> tuple[list[Result], int]:
         """Take the next pending rows and process them in one transaction."""
@@ -91,23 +98,31 @@ class Worker:
         pipeline = self.pipeline  # one pipeline per batch, even if a reload swaps it meanwhile
         out: list[Result] = []
         sqlite = isinstance(db.obj, SqliteDatabase)
+        parsed: dict[int, object] = {}
+        if sqlite:
+            # SQLite has one write lock for the whole database, and the edges need it for
+            # every message they accept: parse (the costliest step, pure CPU) before
+            # taking it, so the lock is held for the database work alone.
+            rows = list(self._pending(ids, after))
+            if not rows:
+                return out, after
+            parsed = pipeline.parse_ahead(rows)
         # SQLite: take the write lock up front.  A transaction that reads first and writes
         # later cannot wait for a lock another connection took meanwhile (in WAL mode it
         # fails at once with "database is locked"), whatever the busy timeout.
         with db.atomic("IMMEDIATE") if sqlite else db.atomic():
-            query = Inbox.select().where((Inbox.state == "pending") & (Inbox.id > after))
-            if ids is not None:
-                query = query.where(Inbox.id.in_(ids))
-            query = query.order_by(Inbox.id).limit(self.batch)
-            if not sqlite:
+            if sqlite:
+                # Another process (an `ingest` beside the daemon) may have taken some.
+                still = models.still_pending([r.id for r in rows])
+                todo = [r for r in rows if r.id in still]
+            else:
                 # Several daemons on one PostgreSQL database: each takes rows no other
-                # holds, so a message is processed once.  (SQLite has one writer anyway.)
-                query = query.for_update("FOR UPDATE SKIP LOCKED")
-            rows = list(query)
-            for row in rows:
+                # holds, so a message is processed once.
+                rows = todo = list(self._pending(ids, after).for_update("FOR UPDATE SKIP LOCKED"))
+            for row in todo:
                 try:
                     with db.atomic():  # a savepoint: a failure undoes this message only
-                        out.append(pipeline.run(row))
+                        out.append(pipeline.run(row, parsed.get(row.id)))
                 except StepFailed as failed:
                     out.append(self._quarantine(row, failed))
         return out, (rows[-1].id if rows else after)

@@ -278,6 +278,15 @@ def inbox_by_dedupe_key(key: str) -> list[tuple[int, int | None, str]]:
     return list(database_proxy.execute_sql(sql, [key]).fetchall())
 
 
+def still_pending(ids: list[int]) -> set[int]:
+    """Which of these inbox rows are still pending."""
+    if not ids:
+        return set()
+    sql = _sql(("pending", len(ids)), lambda p: 'SELECT "id" FROM "inbox" WHERE "state" = '
+               f"{p} AND \"id\" IN (" + ", ".join([p] * len(ids)) + ")")
+    return {r[0] for r in database_proxy.execute_sql(sql, ["pending", *ids]).fetchall()}
+
+
 def tickets_of_message_ids(ids: list[str]) -> dict[str, int]:
     """Message-ID -> ticket number for the ids we know (in or out)."""
     ids = ids[:50]

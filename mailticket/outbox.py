@@ -22,6 +22,7 @@ from email.utils import format_datetime
 from pathlib import Path
 
 from .config import Config, Outgoing, read_secret
+from . import models
 from .models import Outbox
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,8 @@ def _attempt(row: Outbox, cfg: Outgoing, transport, clock, done: Delivery) -> No
     else:
         row.state, row.sent_at, row.last_error = "sent", now, None
         done.sent += 1
-    row.save()
+    models.update(Outbox, row.id, {"state": row.state, "attempts": row.attempts, "sent_at": row.sent_at,
+                                   "last_error": row.last_error, "next_attempt_at": row.next_attempt_at})
     log.info("outbox %s to %s: %s (attempt %d)", row.id, row.to_addr, row.state, row.attempts)
 
 

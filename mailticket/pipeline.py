@@ -108,7 +108,9 @@ class Env:
 
 
 def parse(run: Run, env: Env) -> None:
-    run.parsed = pm = parse_bytes(bytes(run.row.raw))
+    if run.parsed is None:  # not parsed ahead by the worker
+        run.parsed = parse_bytes(bytes(run.row.raw))
+    pm = run.parsed
     run.sender = pm.from_.email if pm.from_ else ""
 
 
@@ -393,13 +395,24 @@ class Pipeline:
         self.env = env
         self.steps = steps
 
-    def run(self, row: Inbox) -> Result:
+    def parse_ahead(self, rows: list[Inbox]) -> dict[int, ParsedMessage]:
+        """Parse rows before their transaction; a row that fails is parsed (and fails) again
+        inside it, so its quarantine names the parse step."""
+        out = {}
+        for row in rows:
+            try:
+                out[row.id] = parse_bytes(bytes(row.raw))
+            except Exception:  # noqa: BLE001 - reported when the step runs for real
+                pass
+        return out
+
+    def run(self, row: Inbox, parsed: ParsedMessage | None = None) -> Result:
         """Run every step on `row` (the caller holds the transaction).
 
         Returns the result for Stop and for a finished run; raises `Quarantine` or
         `StepFailed` for the caller to roll back and park the message.
         """
-        run = Run(row=row)
+        run = Run(row=row, parsed=parsed)
         step = ""
         try:
             for step, func in self.steps:  # noqa: B007 - `step` names the failing step below

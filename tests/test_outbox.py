@@ -76,7 +76,7 @@ def cfg_for(port: int, max_attempts: int = 3) -> Config:
                                     max_attempts=max_attempts, retry_base_seconds=60))
 
 
-def queue_one(clock) -> Outbox:
+def queue_one(clock) -> int:
     return queue(kind="ack", ticket=1, mail_from="support@helpdesk.test", to="alice@customer.test",
                  rendered=Rendered("[#1] Hi", "Body\n"), headers={"Auto-Submitted": "auto-replied"},
                  message_id="<x1@helpdesk.test>", now=clock.now(), automatic=True)
@@ -94,39 +94,39 @@ def test_delivers_once_over_smtp(setup, smarthost):
 
 def test_retries_while_down_then_delivers_with_backoff(setup, smarthost):
     clock = setup
-    row = queue_one(clock)
+    row_id = queue_one(clock)
     cfg = cfg_for(smarthost.port, max_attempts=5)
     smarthost.stop()
     assert outbox.deliver_due(cfg, clock).retry == 1
-    row = Outbox.get_by_id(row.id)
+    row = Outbox.get_by_id(row_id)
     assert row.state == "retry" and row.attempts == 1 and "Connection" in row.last_error
     assert outbox.deliver_due(cfg, clock).retry == 0  # not due yet: backoff
     clock.advance(seconds=61)
     assert outbox.deliver_due(cfg, clock).retry == 1
-    assert Outbox.get_by_id(row.id).next_attempt_at - clock.now() == outbox.backoff(2, 60)
+    assert Outbox.get_by_id(row_id).next_attempt_at - clock.now() == outbox.backoff(2, 60)
     smarthost.start()
     clock.advance(seconds=121)
     assert outbox.deliver_due(cfg, clock).sent == 1
-    assert Outbox.get_by_id(row.id).state == "sent" and len(smarthost.received) == 1
+    assert Outbox.get_by_id(row_id).state == "sent" and len(smarthost.received) == 1
 
 
 def test_dead_after_the_limit_and_retry_command(setup, smarthost):
     clock = setup
-    row = queue_one(clock)
+    row_id = queue_one(clock)
     cfg = cfg_for(smarthost.port, max_attempts=2)
     smarthost.sink.reply = "451 4.3.0 try later"
     outbox.deliver_due(cfg, clock)
     clock.advance(hours=1)
     assert outbox.deliver_due(cfg, clock).dead == 1
-    assert Outbox.get_by_id(row.id).state == "dead"
+    assert Outbox.get_by_id(row_id).state == "dead"
     smarthost.sink.reply = None
-    assert outbox.requeue([row.id], clock.now()) == 1
+    assert outbox.requeue([row_id], clock.now()) == 1
     assert outbox.deliver_due(cfg, clock).sent == 1
 
 
 def test_permanent_failure_is_dead_at_once(setup, smarthost):
     clock = setup
-    row = queue_one(clock)
+    row_id = queue_one(clock)
     smarthost.sink.reply = "550 5.1.1 no such user"
     assert outbox.deliver_due(cfg_for(smarthost.port, max_attempts=8), clock).dead == 1
-    assert "550" in Outbox.get_by_id(row.id).last_error
+    assert "550" in Outbox.get_by_id(row_id).last_error
