@@ -25,13 +25,14 @@ import struct
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from email.utils import formataddr
 from pathlib import Path
 
 import jinja2
 
 from . import models
 from .errors import TemplateError
-from .models import Outbox
+from .models import Message, Outbox
 
 SHIPPED_TEMPLATES = Path(__file__).parent / "templates"
 
@@ -137,3 +138,46 @@ def queue(*, kind: str, ticket: int | None, mail_from: str, to: str, rendered: R
         subject=rendered.subject, body=rendered.body, headers=headers, message_id=message_id,
         state="queued", next_attempt_at=now, created_at=now,
     ))
+
+
+def acknowledge(ticket, *, to: str, kind: str, token: str, parent, helpdesk, templates: Templates,
+                now: datetime) -> str:
+    """Queue the acknowledgement of `ticket` to `to`, answering `parent`; its Message-ID.
+
+    `parent` is the customer's ParsedMessage; the acknowledgement is also recorded as a
+    message of the ticket, so that a reply to it threads by its References.
+    """
+    rendered = templates.render(kind, ticket.language, helpdesk.language, token=token,
+                                subject=ticket.subject, name=ticket.requester_name,
+                                helpdesk=helpdesk.name, ticket=ticket)
+    msgid = make_msgid(helpdesk.domain)
+    headers = {"From": formataddr((helpdesk.name, helpdesk.address)),
+               **reply_headers(parent.message_id, parent.references, parent.header("thread-index"),
+                               ticket.subject, now, automatic=True)}
+    queue(kind="ack", ticket=ticket.number, mail_from=helpdesk.address, to=to, rendered=rendered,
+          headers=headers, message_id=msgid, now=now, automatic=True)
+    models.insert(Message, dict(
+        ticket=ticket.number, direction="out", kind="system", message_id=msgid,
+        from_addr=helpdesk.address, to=[to], subject=rendered.subject, text=rendered.body,
+        body=rendered.body, created_at=now,
+    ))
+    return msgid
+
+
+def notify_targets(ticket, targets, *, token: str, text: str, rules: list[str], helpdesk,
+                   templates: Templates, now: datetime) -> list[tuple[str, str, dict]]:
+    """Queue the notifications a rule asked for; the ticket events that say so."""
+    rendered = templates.render(
+        "notify", "en", "en", token=token, subject=ticket.subject, requester=ticket.requester,
+        queue=ticket.queue, priority=ticket.priority, text=text[:4000], rules=", ".join(rules))
+    events = []
+    for to in targets:
+        if "@" not in to:
+            # Groups are not resolved to addresses yet: say so on the ticket, send nothing.
+            events.append(("system", "notify-skipped", {"to": to, "why": "unknown group"}))
+            continue
+        queue(kind="notify", ticket=ticket.number, mail_from=helpdesk.address, to=to,
+              rendered=rendered, headers={"Auto-Submitted": "auto-generated"},
+              message_id=make_msgid(helpdesk.domain), now=now, automatic=False)
+        events.append(("system", "notified", {"to": to}))
+    return events

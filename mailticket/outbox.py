@@ -21,8 +21,8 @@ from email.policy import SMTP
 from email.utils import format_datetime
 from pathlib import Path
 
-from .config import Config, Outgoing, read_secret
 from . import models
+from .config import Config, Outgoing, read_secret
 from .models import Outbox
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,13 @@ class PermanentFailure(Exception):
 def build(row: Outbox, now: datetime) -> bytes:
     """The wire form of an outbox row."""
     msg = EmailMessage(policy=SMTP)
-    msg["From"] = row.mail_from
+    headers = dict(row.headers or {})
+    msg["From"] = headers.pop("From", None) or row.mail_from  # with the helpdesk's name, when given
     msg["To"] = row.to_addr
     msg["Subject"] = row.subject
     msg["Date"] = format_datetime(row.created_at or now)
     msg["Message-ID"] = row.message_id
-    for name, value in (row.headers or {}).items():
+    for name, value in headers.items():
         msg[name] = value
     msg.set_content(row.body)
     return msg.as_bytes()

@@ -313,61 +313,31 @@ def notify_step(run: Run, env: Env) -> None:
     """Queue the acknowledgement of a new ticket, and the notifications rules asked for."""
     if not run.is_new:
         return
-    decision = run.evaluation.decision
+    decision, pm, cfg, now = run.evaluation.decision, run.parsed, env.config, env.clock.now()
     for t in [run.ticket, *run.extra_tickets]:
+        token = env.tokens.format(t.number)
         if decision.notify:
-            _queue_notifications(run, env, t, decision.notify)
+            events = notify.notify_targets(
+                t, decision.notify, token=token, text=pm.new_text,
+                rules=[h.rule for h in run.evaluation.hits], helpdesk=cfg.helpdesk,
+                templates=env.templates, now=now)
+            for actor, kind, detail in events:
+                run.event(t, actor, kind, detail)
         if run.no_ack or run.suppressed or run.kind != "customer":
             continue
         if decision.ack is False:
             run.event(t, "system", "ack-skipped", {"why": "rule"})
             continue
-        _queue_ack(run, env, t, decision.template or "ack")
-
-
-def _queue_ack(run: Run, env: Env, t: Ticket, kind: str) -> None:
-    cfg, now, pm = env.config, env.clock.now(), run.parsed
-    limit = cfg.helpdesk.auto_reply_limit
-    if models.automatic_mails_since(run.sender, now - timedelta(hours=1)) >= limit:
-        run.event(t, "system", "ack-skipped", {"why": f"rate limit {limit}/hour"})
-        run.reason = run.reason or (
-            f"acknowledgement withheld: {run.sender} reached {limit} automatic mails this hour")
-        return
-    token = env.tokens.format(t.number)
-    rendered = env.templates.render(
-        kind, t.language, cfg.helpdesk.language, token=token, subject=t.subject,
-        name=t.requester_name, helpdesk=cfg.helpdesk.name, ticket=t,
-    )
-    msgid = notify.make_msgid(cfg.helpdesk.domain)
-    headers = notify.reply_headers(pm.message_id, pm.references, pm.header("thread-index"),
-                                   t.subject, now, automatic=True)
-    notify.queue(kind="ack", ticket=t.number, mail_from=cfg.helpdesk.address, to=run.sender,
-                 rendered=rendered, headers=headers, message_id=msgid, now=now, automatic=True)
-    # Our own message is a message of the ticket too: a reply to it threads by References.
-    models.insert(Message, dict(
-        ticket=t.number, direction="out", kind="system", message_id=msgid,
-        from_addr=cfg.helpdesk.address, to=[run.sender], subject=rendered.subject,
-        text=rendered.body, body=rendered.body, created_at=now,
-    ))
-    run.event(t, "system", "ack-queued", {"message_id": msgid})
-
-
-def _queue_notifications(run: Run, env: Env, t: Ticket, targets) -> None:
-    cfg, now = env.config, env.clock.now()
-    rendered = env.templates.render(
-        "notify", "en", "en", token=env.tokens.format(t.number), subject=t.subject,
-        requester=t.requester, queue=t.queue, priority=t.priority, text=run.parsed.new_text[:4000],
-        rules=", ".join(h.rule for h in run.evaluation.hits),
-    )
-    for to in targets:
-        if "@" not in to:
-            # Groups are not resolved to addresses yet: say so on the ticket, send nothing.
-            run.event(t, "system", "notify-skipped", {"to": to, "why": "unknown group"})
+        limit = cfg.helpdesk.auto_reply_limit
+        if models.automatic_mails_since(run.sender, now - timedelta(hours=1)) >= limit:
+            run.event(t, "system", "ack-skipped", {"why": f"rate limit {limit}/hour"})
+            run.reason = run.reason or (
+                f"acknowledgement withheld: {run.sender} reached {limit} automatic mails this hour")
             continue
-        notify.queue(kind="notify", ticket=t.number, mail_from=cfg.helpdesk.address, to=to,
-                     rendered=rendered, headers={"Auto-Submitted": "auto-generated"},
-                     message_id=notify.make_msgid(cfg.helpdesk.domain), now=now, automatic=False)
-        run.event(t, "system", "notified", {"to": to})
+        msgid = notify.acknowledge(
+            t, to=run.sender, kind=decision.template or "ack", token=token, parent=pm,
+            helpdesk=cfg.helpdesk, templates=env.templates, now=now)
+        run.event(t, "system", "ack-queued", {"message_id": msgid})
 
 
 STEPS = (

@@ -34,6 +34,7 @@ def test_ack_is_delivered_to_the_folder_with_rfc3834_headers(helpdesk):
     [eml] = list((helpdesk.root / "var" / "outgoing").glob("*.eml"))
     text = eml.read_text()
     assert "Auto-Submitted: auto-replied" in text
+    assert "From: Test Support <support@helpdesk.test>" in text  # the helpdesk, never an agent
     assert f"In-Reply-To: {msgid(original)}" in text
     assert f"References: {msgid(original)}" in text
     assert "Subject: [#1] Login fails" in text
