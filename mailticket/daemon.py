@@ -63,6 +63,8 @@ def setup_logging(fmt: str, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # aiosmtpd logs every connection and disconnection at INFO: noise at any volume.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 # --- the worker process -----------------------------------------------------------------

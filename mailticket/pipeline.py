@@ -267,7 +267,8 @@ def _new_ticket(run: Run, env: Env, part: str | None, split_from: Ticket | None 
     if t.linked_to:
         run.event(t, "system", "linked", {"to": t.linked_to, "why": "split" if split_from else run.reason})
     for hit in run.evaluation.hits:
-        run.event(t, f"rule:{hit.rule}", "rule", hit.as_event())
+        if hit.changed:  # a rule that matched but changed nothing is not history
+            run.event(t, f"rule:{hit.rule}", "rule", hit.as_event())
     _store_message(run, env, t, part if part is not None else pm.new_text)
     return t
 
@@ -287,7 +288,8 @@ def _apply(run: Run, t: Ticket, decision, record_hits: bool = True) -> dict:
         changes["fields"] = {**(t.fields or {}), **decision.fields}
     if record_hits:
         for hit in run.evaluation.hits:
-            run.event(t, f"rule:{hit.rule}", "rule", hit.as_event())
+            if hit.changed:
+                run.event(t, f"rule:{hit.rule}", "rule", hit.as_event())
     return changes
 
 

@@ -78,6 +78,8 @@ class Hit:
     line: int
     matched: list[tuple[str, str]]  # (condition, the text it matched)
     actions: list[str]
+    changed: bool = True  # False when its actions left the decision as it was
+
 
     def as_event(self) -> dict[str, Any]:
         return {
@@ -310,7 +312,9 @@ class RuleSet:
             matched = [] if rule.when is None else rule.when.test(view)
             if matched is None:
                 continue
-            hits.append(Hit(rule.name, rule.file, rule.line, matched, rule.then.apply(draft, view)))
+            before = repr(draft)
+            actions = rule.then.apply(draft, view)
+            hits.append(Hit(rule.name, rule.file, rule.line, matched, actions, repr(draft) != before))
             if rule.stop or draft.spam:  # spam ends evaluation: nothing else matters
                 break
         return Evaluation(draft.freeze(), hits)

@@ -109,3 +109,15 @@ def test_rules_list_in_order(helpdesk):
     files = [r["file"] for r in rows]
     assert files == sorted(files)
     assert len(rows) >= 8
+
+
+def test_a_rule_that_changes_nothing_is_not_in_the_history(helpdesk):
+    helpdesk.rule_file("10-fields.yaml", """
+        - name: serial
+          then:
+            extract: ['serial\\s*:\\s*(?P<serial>[A-Z0-9]{5,})']
+    """)
+    a, b = helpdesk.ingest(mail(subject="Broken", body="serial: XY12345\n"), mail(subject="No serial here"))
+    assert helpdesk.show(a["ticket"])["fields"] == {"serial": "XY12345"}
+    assert [e["actor"] for e in helpdesk.show(a["ticket"])["events"] if e["kind"] == "rule"] == ["rule:serial"]
+    assert [e for e in helpdesk.show(b["ticket"])["events"] if e["kind"] == "rule"] == []
