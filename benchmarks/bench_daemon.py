@@ -19,9 +19,7 @@ Targets (issue 3): smtp and imap each >= 80% of the ingest rate; smtp p99 < 100 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,14 +35,11 @@ sys.path[:0] = [str(HERE), str(ROOT), str(ROOT / "tests")]
 import bench_imap  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_smtp  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 RCPT = bench_smtp.RCPT
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def processed(url: str) -> int:

@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Self
 
+from helpers import free_port
 from imapclient import IMAPClient
 
 PASSWORD = "s3cret-for-tests"
@@ -83,10 +84,6 @@ class DovecotError(RuntimeError):
     """Dovecot is missing, or did not start or stop (the message carries its log)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _accepts(host: str, port: int) -> bool:

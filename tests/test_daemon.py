@@ -10,21 +10,14 @@ from __future__ import annotations
 import json
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import threading
 import urllib.request
 
 import pytest
+from helpers import free_port, wait_for
 from mails import mail, msgid
-from waiting import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DaemonProc:

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from helpers import wait_for
 from mails import mail
-from waiting import wait_for
 
 from mailticket.clock import SystemClock
 from mailticket.config import Imap

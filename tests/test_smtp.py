@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 from mails import mail, msgid
-from waiting import wait_for
 
 from mailticket import db as db_mod
 from mailticket import smtp as smtp_mod

@@ -1,7 +1,9 @@
-"""Waiting on a condition with a deadline: the one way tests wait for servers and threads."""
+"""Small helpers shared by the tests: waiting on a condition with a deadline (the one way
+tests wait for servers and threads) and a free loopback port."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 
@@ -15,3 +17,10 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition", interval
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
