@@ -121,3 +121,19 @@ def test_a_rule_that_changes_nothing_is_not_in_the_history(helpdesk):
     assert helpdesk.show(a["ticket"])["fields"] == {"serial": "XY12345"}
     assert [e["actor"] for e in helpdesk.show(a["ticket"])["events"] if e["kind"] == "rule"] == ["rule:serial"]
     assert [e for e in helpdesk.show(b["ticket"])["events"] if e["kind"] == "rule"] == []
+
+
+def test_rules_check_finds_a_missing_template_and_a_site_template_fixes_it(helpdesk):
+    helpdesk.rule_file("10-vip.yaml", """
+        - name: vip
+          when: {from: [vip.test]}
+          then: {template: ack-vip}
+    """)
+    res = helpdesk.cli("rules", "check")
+    assert res.exit_code == 1 and "10-vip.yaml:2" in res.output and "ack-vip.en.txt.j2" in res.output
+    (helpdesk.root / "templates").mkdir()
+    (helpdesk.root / "templates" / "ack-vip.en.txt.j2").write_text(
+        "Subject: {{ token }} Priority service: {{ subject }}\n\nDear {{ name }}, you are first in line.\n")
+    assert helpdesk.cli("rules", "check").exit_code == 0
+    [res] = helpdesk.ingest(mail(sender="Ann <ann@vip.test>", subject="Help"))
+    assert helpdesk.outbox()[0]["subject"] == "[#1] Priority service: Help"
