@@ -13,10 +13,11 @@ from . import config as config_mod
 from .clock import SystemClock
 from .config import Config
 from .db import open_database
+from .errors import RulesError
 from .intake import Worker
 from .notify import Templates
 from .pipeline import Env, Pipeline
-from .rules import RuleSet, load_rules
+from .rules import Problem, RuleSet, load_rules
 
 
 @dataclass
@@ -33,8 +34,29 @@ class App:
 
 
 def load_ruleset(config: Config) -> RuleSet:
-    """The rules of `[paths] rules`; an absent folder means no rules (raise on broken ones)."""
-    return load_rules(Path(config.paths.rules))
+    """The rules of `[paths] rules`; an absent folder means no rules.
+
+    Raises RulesError on broken rules, and on a rule whose `template:` does not exist,
+    so the daemon refuses to start (or keeps the last good set on a reload).
+    """
+    ruleset = load_rules(Path(config.paths.rules))
+    problems = missing_templates(ruleset, config)
+    if problems:
+        raise RulesError(problems)
+    return ruleset
+
+
+def missing_templates(ruleset: RuleSet, config: Config) -> list[Problem]:
+    """A rule's `template: X` needs `X.<language>.txt.j2` in the site or shipped templates."""
+    have = set(Templates(config.paths.templates).names())
+    language = config.helpdesk.language
+    return [
+        Problem(rule.file, rule.line, "template",
+                f"no template {name}.{language}.txt.j2 (in [paths] templates or the shipped ones)",
+                rule.name)
+        for rule in ruleset.rules
+        if (name := rule.then.set.get("template")) and f"{name}.{language}.txt.j2" not in have
+    ]
 
 
 def open_app(config: Config, clock=None, *, batch: int | None = None,

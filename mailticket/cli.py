@@ -19,11 +19,10 @@ from pathlib import Path
 import click
 
 from . import __version__, intake, outbox, tickets
-from .app import App, load_config, open_app
+from .app import App, load_config, missing_templates, open_app
 from .errors import MailticketError, RulesError, StorageError
 from .intake import Incoming
-from .notify import Templates
-from .rules import Problem, check_rules, load_rules
+from .rules import check_rules, load_rules
 
 EX_TEMPFAIL = 75
 SAMPLE_RULES = Path(__file__).resolve().parent.parent / "rules"
@@ -496,8 +495,7 @@ def rules_check(obj: Ctx, path: str | None, as_json: bool) -> None:
     target = path or cfg.paths.rules
     problems = check_rules(target)
     if not problems:
-        problems = missing_templates(load_rules(target), Templates(cfg.paths.templates),
-                                     cfg.helpdesk.language)
+        problems = missing_templates(load_rules(target), cfg)
     if as_json:
         emit_json([{"file": p.file, "line": p.line, "key": p.key, "rule": p.rule,
                     "message": p.message} for p in problems])
@@ -512,18 +510,6 @@ def rules_check(obj: Ctx, path: str | None, as_json: bool) -> None:
             click.echo(f"{len(problems)} problem(s): fix them before you start or reload "
                        "the daemon", err=True)
         sys.exit(1)
-
-
-def missing_templates(ruleset, templates, language: str) -> list[Problem]:
-    """A rule's `template: X` needs `X.<language>.txt.j2`; say so now, not at the first mail."""
-    have = set(templates.names())
-    return [
-        Problem(rule.file, rule.line, "template",
-                f"no template {name}.{language}.txt.j2 (in [paths] templates or the shipped ones)",
-                rule.name)
-        for rule in ruleset.rules
-        if (name := rule.then.set.get("template")) and f"{name}.{language}.txt.j2" not in have
-    ]
 
 
 @rules_group.command("list")

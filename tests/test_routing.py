@@ -131,6 +131,10 @@ def test_rules_check_finds_a_missing_template_and_a_site_template_fixes_it(helpd
     """)
     res = helpdesk.cli("rules", "check")
     assert res.exit_code == 1 and "10-vip.yaml:2" in res.output and "ack-vip.en.txt.j2" in res.output
+    eml = helpdesk.root / "m.eml"
+    eml.write_bytes(mail(sender="Ann <ann@vip.test>", subject="Help"))
+    refused = helpdesk.cli("ingest", str(eml))  # processing refuses to start, as the daemon does
+    assert refused.exit_code == 1 and "ack-vip" in refused.output
     (helpdesk.root / "templates").mkdir()
     (helpdesk.root / "templates" / "ack-vip.en.txt.j2").write_text(
         "Subject: {{ token }} Priority service: {{ subject }}\n\nDear {{ name }}, you are first in line.\n")
