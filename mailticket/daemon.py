@@ -113,14 +113,14 @@ class Worker:
 
     def process_pending(self) -> list[Result]:
         try:
-            results = self.app.worker.run_pending(on_result=self._report)
+            results = self.app.worker.run_pending()
         except Exception:  # the database went away: rows stay pending, try again soon
             log.exception("worker: could not process the inbox; will retry")
             return []
+        if results:  # one message to the supervisor per pass, not per mail: pickling costs
+            self.events.put(("results", [(r.source or "unknown", r.outcome, r.latency)
+                                         for r in results]))
         return results
-
-    def _report(self, r: Result) -> None:
-        self.events.put(("result", r.source or "unknown", r.outcome, r.latency))
 
     def _outbox_loop(self) -> None:
         transport = outbox.transport_for(self.app.config)
@@ -255,13 +255,13 @@ class Daemon:
                 self.worker_ready.set()
                 if self.reload_pending:
                     self.reload()
-            elif event[0] == "result":
-                _, source, outcome, latency = event
-                m.received.labels(source, outcome).inc()
-                if outcome == "created":
-                    m.tickets_created.inc()
-                if latency is not None:
-                    m.latency.observe(latency)
+            elif event[0] == "results":
+                for source, outcome, latency in event[1]:
+                    m.received.labels(source, outcome).inc()
+                    if outcome == "created":
+                        m.tickets_created.inc()
+                    if latency is not None:
+                        m.latency.observe(latency)
             elif event[0] == "delivery":
                 _, sent, retry, dead, depth = event
                 m.deliveries.inc(sent)

@@ -297,6 +297,11 @@ def tickets_of_message_ids(ids: list[str]) -> dict[str, int]:
     return dict(database_proxy.execute_sql(sql, ids).fetchall())
 
 
+def is_active_agent(address: str) -> bool:
+    sql = _sql(("agent",), lambda p: f'SELECT 1 FROM "agent" WHERE "email" = {p} AND "active" = {p}')
+    return database_proxy.execute_sql(sql, [address, True]).fetchone() is not None
+
+
 def automatic_mails_since(address: str, since) -> int:
     sql = _sql(("auto_count",), lambda p: 'SELECT COUNT(*) FROM "outbox" WHERE "to_addr" = '
                f'{p} AND "automatic" = {p} AND "created_at" >= {p}')

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from . import models
-from .models import Agent, Event, Message, Ticket
+from .models import Event, Message, Ticket
 
 # A customer's message moves a ticket to `open` from these statuses.
 REOPEN_ON_CUSTOMER_REPLY = {"pending": "open", "on-hold": "on-hold", "resolved": "open"}
@@ -21,9 +21,12 @@ def by_number(number: int) -> Ticket | None:
     return models.get(Ticket, number)
 
 
-def by_message_ids(ids: list[str]) -> tuple[Ticket | None, str | None]:
-    """The ticket of the first id in `ids` (most relevant first) that we know, and that id."""
-    found = models.tickets_of_message_ids(ids)
+def by_message_ids(ids: list[str], known: dict[str, int] | None = None) -> tuple[Ticket | None, str | None]:
+    """The ticket of the first id in `ids` (most relevant first) that we know, and that id.
+
+    `known` is `models.tickets_of_message_ids(ids)` when the caller has it already.
+    """
+    found = models.tickets_of_message_ids(ids) if known is None else known
     for mid in ids:
         if mid in found:
             return by_number(found[mid]), mid
@@ -31,23 +34,20 @@ def by_message_ids(ids: list[str]) -> tuple[Ticket | None, str | None]:
 
 
 def is_agent(address: str, configured: frozenset[str]) -> bool:
-    return address in configured or Agent.select().where(
-        (Agent.email == address) & (Agent.active == True)  # noqa: E712
-    ).exists()
+    return address in configured or models.is_active_agent(address)
 
 
-def may_write(ticket: Ticket, sender: str, thread_ids: list[str], agents: frozenset[str]) -> bool:
+def may_write(ticket: Ticket, sender: str, referenced: set[int], agents: frozenset[str]) -> bool:
     """Whether `sender` may add to `ticket` on the strength of a subject token.
 
     The requester, a CC of the ticket and an agent may; anyone else only when the
-    message's References point at a message of this very ticket (someone the
-    customer forwarded our thread to, replying within it).
+    message's References point at a message of this very ticket (`referenced`: the
+    tickets its In-Reply-To/References name; someone the customer forwarded our
+    thread to, replying within it).
     """
     if sender and (sender == ticket.requester or sender in (ticket.cc or [])):
         return True
-    if thread_ids and Message.select().where(
-        (Message.ticket == ticket) & Message.message_id.in_(thread_ids[:50])
-    ).exists():
+    if ticket.number in referenced:
         return True
     return bool(sender) and is_agent(sender, agents)
 
