@@ -166,18 +166,25 @@ def thread(run: Run, env: Env) -> None:
         if run.ticket is None:
             raise Stop("bounce", "no ticket matches the bounced message")
         return
-    known = models.tickets_of_message_ids(ids)  # id -> ticket, for every id we have stored
+    known: dict[str, int] | None = None
+
+    def referenced() -> dict[str, int]:  # id -> ticket for the ids we have; looked up once, if needed
+        nonlocal known
+        if known is None:
+            known = models.tickets_of_message_ids(ids)
+        return known
+
     number = env.tokens.find(pm.subject)
     named = tickets.by_number(number) if number else None
     if named is not None:
-        if tickets.may_write(named, run.sender, set(known.values()), env.agents):
+        if tickets.may_write(named, run.sender, lambda: set(referenced().values()), env.agents):
             run.ticket = named
         else:
             # A stranger quoting a token opens a ticket of their own, linked to it.
             run.linked_to = named.number
             run.reason = f"token #{named.number} from a stranger: new ticket linked to it"
     if run.ticket is None and run.linked_to is None:
-        run.ticket, _ = tickets.by_message_ids(ids, known)
+        run.ticket, _ = tickets.by_message_ids(ids, referenced())
     if run.ticket is not None and run.ticket.status == "closed":
         run.linked_to, run.ticket = run.ticket.number, None
         run.reason = f"reply to closed ticket #{run.linked_to}: new ticket linked to it"

@@ -8,6 +8,7 @@ customers'), then a new ticket.  A token alone is not proof: a stranger who puts
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from . import models
@@ -37,17 +38,18 @@ def is_agent(address: str, configured: frozenset[str]) -> bool:
     return address in configured or models.is_active_agent(address)
 
 
-def may_write(ticket: Ticket, sender: str, referenced: set[int], agents: frozenset[str]) -> bool:
+def may_write(ticket: Ticket, sender: str, referenced: Callable[[], set[int]],
+              agents: frozenset[str]) -> bool:
     """Whether `sender` may add to `ticket` on the strength of a subject token.
 
     The requester, a CC of the ticket and an agent may; anyone else only when the
-    message's References point at a message of this very ticket (`referenced`: the
-    tickets its In-Reply-To/References name; someone the customer forwarded our
-    thread to, replying within it).
+    message's References point at a message of this very ticket (`referenced()`: the
+    tickets its In-Reply-To/References name, looked up only when needed; someone the
+    customer forwarded our thread to, replying within it).
     """
     if sender and (sender == ticket.requester or sender in (ticket.cc or [])):
         return True
-    if ticket.number in referenced:
+    if ticket.number in referenced():
         return True
     return bool(sender) and is_agent(sender, agents)
 
