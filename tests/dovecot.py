@@ -24,14 +24,13 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Self
 
-from helpers import free_port
+from helpers import free_port, wait_for
 from imapclient import IMAPClient
 
 PASSWORD = "s3cret-for-tests"
@@ -142,14 +141,12 @@ def _end(pids: list[int], timeout: float = 10.0) -> None:
         if _alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
+    try:
+        wait_for(lambda: not any(_alive(p) for p in pids), timeout, "Dovecot processes to end", 0.02)
+    except AssertionError:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 class Dovecot:
@@ -210,15 +207,17 @@ class Dovecot:
                 ["dovecot", "-F", "-c", str(self.conf)],
                 stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
             )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not all(_accepts(self.host, p) for p in (self.port, self.tls_port) if p):
+        def listening() -> bool:
             if self.proc.poll() is not None:
                 code, self.proc = self.proc.returncode, None
                 raise DovecotError(f"dovecot exited with status {code}\n{self.logs()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise DovecotError(f"dovecot did not accept on port {self.port}\n{self.logs()}")
-            time.sleep(0.02)
+            return all(_accepts(self.host, p) for p in (self.port, self.tls_port) if p)
+
+        try:
+            wait_for(listening, START_TIMEOUT, "Dovecot to accept connections", 0.02)
+        except AssertionError:
+            self.stop()
+            raise DovecotError(f"dovecot did not accept on port {self.port}\n{self.logs()}") from None
 
     def stop(self, doveadm: bool = True) -> None:
         """`doveadm -c CONF stop` (or SIGTERM, faster), and close every client connection.
