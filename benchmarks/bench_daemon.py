@@ -1,6 +1,7 @@
 """End-to-end benchmark of `mailticket run`: SMTP and IMAP in, tickets committed.
 
     .venv/bin/python benchmarks/bench_daemon.py [--smtp 5000] [--imap 10000] [--db sqlite|postgresql|both]
+    .venv/bin/python benchmarks/bench_daemon.py --paced 200 --smtp 3000   # latency at a fixed rate
 
 All in one run, on the same generated messages (bench_ingest.generate):
 
@@ -135,6 +136,55 @@ def smtp_end_to_end(backend: str, raws: list[bytes], clients: int):
                 drop()
 
 
+def paced_clients(port: int, raws: list[bytes], clients: int, rate: float) -> list[float]:
+    """Send at `rate` msg/s in all (not as fast as possible); latencies end of DATA -> 250."""
+    import re
+    import smtplib
+
+    latencies: list[float] = []
+    start = time.perf_counter() + 0.5
+    interval = clients / rate  # each client's own pace
+
+    def client(n: int) -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
+            s.ehlo("paced.client.test")
+            for i, raw in enumerate(raws[n::clients]):
+                due = start + n / rate + i * interval
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)  # the schedule of a paced load, not a wait for a server
+                s.mail("customer@example.test")
+                s.rcpt(RCPT)
+                s.docmd("DATA")
+                s.send(re.sub(rb"(?m)^\.", b"..", raw) + b".\r\n")
+                t = time.perf_counter()
+                code, _ = s.getreply()
+                latencies.append(time.perf_counter() - t)
+                if code != 250:
+                    raise RuntimeError(f"DATA answered {code}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies
+
+
+def smtp_paced(backend: str, raws: list[bytes], clients: int, rate: float) -> tuple[list[float], float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        url, drop = database(backend, tmp)
+        try:
+            with Daemon(Path(tmp), url) as d:
+                began = time.perf_counter()
+                latencies = paced_clients(d.smtp_port, raws, clients, rate)
+                done = d.wait_processed(len(raws))
+            return latencies, len(raws) / (done - began)
+        finally:
+            if drop:
+                drop()
+
+
 def imap_end_to_end(backend: str, n: int) -> dict:
     from dovecot import Dovecot
 
@@ -172,7 +222,17 @@ def main() -> None:
     ap.add_argument("--imap", type=int, default=10000, help="messages in the IMAP backlog (0: skip)")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    ap.add_argument("--paced", type=float, metavar="RATE",
+                    help="only a paced SMTP run at RATE msg/s: p50/p99 to the 250 at that rate")
     args = ap.parse_args()
+    if args.paced:
+        raws = bench_smtp.load_messages(args.smtp)
+        for backend in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
+            lat, e2e = smtp_paced(backend, raws, args.clients, args.paced)
+            pct = bench_smtp.percentile
+            print(f"[{backend}] paced at {args.paced:.0f} msg/s: 250 p50 {pct(lat, 50) * 1e3:.1f} ms, "
+                  f"p99 {pct(lat, 99) * 1e3:.1f} ms; tickets done at {e2e:.0f} msg/s")
+        return
     backends = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     raws = bench_smtp.load_messages(args.smtp)
     mbox = bench_ingest.OUT / f"bench-{args.smtp}.mbox"
