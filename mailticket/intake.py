@@ -1,7 +1,8 @@
 """The durable inbox: store a message's raw bytes first, process it after.
 
-Every way in (SMTP, LMTP, IMAP, `mailticket ingest`) calls `store_raw` (one
-INSERT, one commit) and only then answers 250 or flags the IMAP message.  The
+Every way in (SMTP, LMTP, IMAP, `mailticket ingest`) calls `store_many` (the
+messages at hand, one commit; it raises StorageError when they could not be
+committed) and only then answers 250, flags the IMAP message or exits 0.  The
 `Worker` takes pending rows in order and runs the pipeline on each.
 
 For speed the worker commits a batch of messages in one transaction, each inside
@@ -9,7 +10,7 @@ a savepoint of its own: a message whose pipeline raises is rolled back to its
 savepoint alone and parked in quarantine with the step and the reason, and the
 rest of the batch commits with it.  If the commit itself fails (the database went
 away), every row of the batch is still `pending` and is taken again next time:
-nothing is kept only in memory.  `retry` puts quarantined rows back to pending.
+nothing is kept only in memory.  `requeue` puts quarantined rows back to pending.
 """
 
 from __future__ import annotations
@@ -38,18 +39,12 @@ class Incoming:
     silent: bool = False  # historic import: record, never acknowledge
 
 
-def store_raw(raw: bytes, source: str, *, now, mailbox: str | None = None,
-              queue: str | None = None, silent: bool = False) -> int:
-    """Commit one message to the durable inbox and return its id.
-
-    Raises StorageError when it could not be committed: the caller must then not
-    accept the message (SMTP 451, IMAP leaves it unflagged, ingest exits 75).
-    """
-    return store_many([Incoming(raw, source, mailbox, queue, silent)], now=now)[0]
-
-
 def store_many(items: Iterable[Incoming], *, now) -> list[int]:
-    """Commit several messages in one transaction (all or none) and return their ids."""
+    """Commit messages in one transaction (all or none) and return their ids.
+
+    Raises StorageError when they could not be committed: the caller must then not
+    accept them (SMTP 451, IMAP leaves them unflagged, ingest exits 75).
+    """
     db = database_proxy
     try:
         with db.atomic():

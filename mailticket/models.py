@@ -184,7 +184,6 @@ ALL_MODELS = [Inbox, Ticket, Message, Attachment, Event, Outbox, Agent, ImapStat
 
 # Re-exported so that callers outside db.py/models.py never import peewee themselves.
 fn = peewee.fn
-JOIN = peewee.JOIN
 SqliteDatabase = peewee.SqliteDatabase
 
 

@@ -34,7 +34,6 @@ from .tokens import clean_subject, token_format
 log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE = "general"  # where a ticket goes when neither its mailbox nor a rule says
-OUTCOMES = ("created", "appended", "duplicate", "suppressed", "bounce", "quarantined")
 
 
 class Stop(Exception):
