@@ -1,21 +1,30 @@
-"""`mailticket run`: the long-running service, as two processes.
+"""`mailticket run`: the long-running service, as three processes.
 
-The main process is the edge and the supervisor: the SMTP/LMTP listener and one
-IMAP poller thread per mailbox only store raw messages (`intake`) and wake the
-worker; the loopback HTTP endpoint serves `/healthz` and `/metrics`; signals are
-handled here.  The worker process runs the pipeline over pending inbox rows and
-delivers the outbox.
+- The main process holds the incoming edges and the supervisor: the SMTP/LMTP
+  listener and one IMAP poller thread per mailbox only store raw messages
+  (`intake`) and wake the worker; the loopback HTTP endpoint serves `/healthz` and
+  `/metrics`; signals are handled here.
+- The worker process runs the pipeline over pending inbox rows.
+- The outbox process delivers what the pipeline queued.
 
-Why two processes: receiving a message (SMTP parsing) and processing it both cost
-about 2 ms of CPU, and Python runs one thread at a time, so in one process the
-edge and the worker share one core and a client waits for the worker's CPU
-before its 250.  The durable inbox already is the queue between them, so the
-split costs nothing in safety: the worker only ever sees committed rows.
+Why processes: receiving a message (SMTP parsing), processing it and building the
+reply each cost about a millisecond or more of CPU, and Python runs one thread at
+a time.  In one process a client would wait for the pipeline's CPU before its 250,
+and a thread that builds mail makes the listener's thread wait for the interpreter
+lock at every reply.  The durable inbox is the queue between the edges and the
+worker, and the outbox table the queue between the worker and the sender, so the
+split costs nothing in safety: each process only ever sees committed rows.
+
+The outbox process runs at a lower CPU priority (`OUTBOX_NICE`): when the machine
+is saturated by a burst, storing and processing mail comes first and the
+acknowledgements follow as soon as there is CPU to spare; on an idle machine the
+priority changes nothing.
 
 Signals: SIGTERM (and SIGINT) stop accepting, let in-flight messages get their
-reply, then the worker processes what is stored and exits; the daemon exits 0.
-SIGHUP reloads the configuration, rules and templates in the worker; a broken
-edit is logged and the last good version kept.
+reply, then the worker processes what is stored and exits, then the outbox
+process sends what was queued and exits; the daemon exits 0.  SIGHUP reloads the
+configuration, rules and templates in the worker and the outgoing settings in the
+outbox process; a broken edit is logged and the last good version kept.
 """
 
 from __future__ import annotations
@@ -28,7 +37,6 @@ import queue
 import signal
 import sys
 import threading
-import time
 
 from . import config as config_mod
 from . import outbox
@@ -37,7 +45,6 @@ from .config import Config
 from .db import open_database
 from .errors import MailticketError, RulesError
 from .metrics import HttpEndpoint, Metrics
-from .models import Outbox, fn
 from .notify import Templates
 from .pipeline import Env, Pipeline, Result
 
@@ -45,6 +52,8 @@ log = logging.getLogger(__name__)
 
 DAEMON_BATCH = 20  # messages per worker transaction in the daemon (ingest uses 100)
 COALESCE_SECONDS = 0.02
+OUTBOX_PASS = 200  # rows per delivery pass: one commit, one metrics message
+OUTBOX_NICE = 10  # CFS weight of about a tenth of the other processes while the CPU is busy
 _mp = multiprocessing.get_context("spawn")  # a clean interpreter: no threads or sockets inherited
 
 
@@ -68,48 +77,57 @@ def setup_logging(fmt: str, level: int = logging.INFO) -> None:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
+class Lifecycle:
+    """What a child process shares with the supervisor: when to stop, and its signals.
+
+    The supervisor decides when a child stops: Ctrl-C reaches the whole process group,
+    and a child must finish its transaction and drain rather than die in the middle.
+    Signal handlers only set thread-local flags (touching a multiprocessing Event from a
+    handler can deadlock on its lock); the loops see them within a second.
+    """
+
+    def __init__(self, stop) -> None:
+        self.stop = stop  # set by the supervisor
+        self.terminate = threading.Event()  # SIGTERM sent to the child itself
+        self.reload_requested = threading.Event()
+        self.parent = os.getppid()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda *_: self.terminate.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+
+    def running(self) -> bool:
+        # A child whose supervisor is gone (SIGKILL) stops too, after draining.
+        return not (self.stop.is_set() or self.terminate.is_set()) and os.getppid() == self.parent
+
+    def take_reload(self) -> bool:
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            return True
+        return False
+
+
 # --- the worker process -----------------------------------------------------------------
 
 
 class Worker:
-    """Runs in the worker process: the pipeline over pending rows, and outbox delivery."""
+    """Runs in the worker process: the pipeline over pending rows."""
 
-    def __init__(self, app: App, config_path: str | None, wake, stop, events) -> None:
-        self.app, self.config_path = app, config_path
-        self.wake, self.stop, self.events = wake, stop, events
-        self.wake_outbox = threading.Event()
-        self.inbox_busy = threading.Event()  # more mail is waiting: intake goes first
-        self.reload_requested = threading.Event()
-        self.terminate = threading.Event()  # SIGTERM sent to the worker itself
-        self.parent = os.getppid()
-
-    def running(self) -> bool:
-        # A worker whose supervisor is gone (SIGKILL) stops too, after draining.
-        return not (self.stop.is_set() or self.terminate.is_set()) and os.getppid() == self.parent
+    def __init__(self, app: App, config_path: str | None, life: Lifecycle, wake, events,
+                 outbox_wake) -> None:
+        self.app, self.config_path, self.life = app, config_path, life
+        self.wake, self.events, self.outbox_wake = wake, events, outbox_wake
 
     def serve(self) -> None:
-        outbox_thread = threading.Thread(target=self._outbox_loop, name="outbox", daemon=True)
-        outbox_thread.start()
-        while self.running():
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
+        while self.life.running():
+            if self.life.take_reload():
                 self.reload()
             if self.wake.wait(timeout=1.0):
                 # Let a burst gather for a moment: one transaction for several messages
                 # costs far less than one each (tickets wait 20 ms; no client waits).
-                self.terminate.wait(COALESCE_SECONDS)
+                self.life.terminate.wait(COALESCE_SECONDS)
             self.wake.clear()
-            if self.process_pending():
-                if self.wake.is_set():
-                    self.inbox_busy.set()
-                else:
-                    self.inbox_busy.clear()
-                    self.wake_outbox.set()
+            self.process_pending()
         self.process_pending()  # what the edges stored before they stopped
-        self.inbox_busy.clear()
-        self.terminate.set()
-        self.wake_outbox.set()
-        outbox_thread.join(timeout=self.app.config.daemon.drain_seconds)
 
     def process_pending(self) -> list[Result]:
         try:
@@ -117,40 +135,12 @@ class Worker:
         except Exception:  # the database went away: rows stay pending, try again soon
             log.exception("worker: could not process the inbox; will retry")
             return []
-        if results:  # one message to the supervisor per pass, not per mail: pickling costs
+        if results:
+            self.outbox_wake.set()  # what the pipeline queued is committed: send it
+            # One message to the supervisor per pass, not per mail: pickling costs.
             self.events.put(("results", [(r.source or "unknown", r.outcome, r.latency)
                                          for r in results]))
         return results
-
-    def _outbox_loop(self) -> None:
-        transport = outbox.transport_for(self.app.config)
-        interval = self.app.config.daemon.outbox_interval
-        last = 0.0
-        try:
-            while self.running():
-                self.wake_outbox.wait(timeout=interval)
-                self.wake_outbox.clear()
-                # During a burst the pipeline comes first (building a message costs as much
-                # CPU as processing one, and one process runs one thread at a time); the
-                # acknowledgements still leave at least every `outbox_interval` seconds.
-                if self.inbox_busy.is_set() and time.monotonic() - last < interval:
-                    continue
-                last = time.monotonic()
-                self.deliver(transport)
-            self.deliver(transport)  # acknowledgements of the last messages
-        finally:
-            transport.close()
-            self.app.db.close()  # this thread's connection
-
-    def deliver(self, transport) -> None:
-        try:
-            done = outbox.deliver_due(self.app.config, self.app.clock, transport)
-            depth = dict(Outbox.select(Outbox.state, fn.COUNT(Outbox.id))
-                         .where(Outbox.state.in_(("queued", "retry", "dead")))
-                         .group_by(Outbox.state).tuples())
-            self.events.put(("delivery", done.sent, done.retry, done.dead, depth))
-        except Exception:
-            log.exception("outbox: delivery run failed; will retry")
 
     def reload(self) -> None:
         """SIGHUP: new configuration, rules and templates, or keep the last good ones."""
@@ -173,29 +163,119 @@ class Worker:
         log.info("reloaded configuration, %d rules and templates", len(rules))
 
 
-def worker_main(config_path: str | None, wake, stop, events) -> None:
+def worker_main(config_path: str | None, stop, events, wake, outbox_wake) -> None:
     """Entry point of the worker process."""
-    # The supervisor decides when to stop: Ctrl-C reaches the whole process group, and the
-    # worker must finish its batch and drain rather than die mid-transaction.
-    # Handlers only set thread-local flags: touching a multiprocessing Event from a signal
-    # handler can deadlock on its lock; the loop sees the flags within a second.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    terminate = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: terminate.set())
+    life = Lifecycle(stop)
     cfg = config_mod.load(config_path)
     setup_logging(cfg.daemon.log_format)
     app = open_app(cfg, batch=DAEMON_BATCH)
-    worker = Worker(app, config_path, wake, stop, events)
-    worker.terminate = terminate
-    signal.signal(signal.SIGHUP, lambda *_: worker.reload_requested.set())
-    events.put(("ready",))
+    worker = Worker(app, config_path, life, wake, events, outbox_wake)
+    events.put(("ready", "worker"))
     try:
         worker.serve()
     finally:
         app.close()
 
 
+# --- the outbox process -----------------------------------------------------------------
+
+
+class Sender:
+    """Runs in the outbox process: delivers what is due when the worker queued mail,
+    and at least every `outbox_interval` seconds (retries come due on their own)."""
+
+    def __init__(self, config: Config, config_path: str | None, clock, life: Lifecycle, wake,
+                 events) -> None:
+        self.config, self.config_path, self.clock, self.life = config, config_path, clock, life
+        self.wake, self.events = wake, events
+
+    def serve(self) -> None:
+        transport = outbox.transport_for(self.config)
+        try:
+            while True:
+                final = not self.life.running()  # the worker has exited: one last pass
+                self.deliver(transport)
+                if final:
+                    return
+                self.wake.wait(timeout=self.config.daemon.outbox_interval)
+                self.wake.clear()
+                if self.life.take_reload() and self.reload():
+                    transport.close()
+                    transport = outbox.transport_for(self.config)
+        finally:
+            transport.close()
+
+    def deliver(self, transport) -> None:
+        try:
+            while True:  # a backlog (after a burst, or a smarthost back up) in passes
+                done = outbox.deliver_due(self.config, self.clock, transport, limit=OUTBOX_PASS)
+                depth = outbox.depth()
+                self.events.put(("delivery", done.sent, done.retry, done.dead, depth))
+                if done.sent + done.retry + done.dead < OUTBOX_PASS:
+                    return
+        except Exception:
+            log.exception("outbox: delivery run failed; will retry")
+
+    def reload(self) -> bool:
+        """SIGHUP: the new [outgoing] settings, or keep the last good ones."""
+        try:
+            self.config = config_mod.load(self.config_path)
+        except MailticketError as exc:
+            log.error("reload: %s; the outbox keeps the last good configuration", exc)
+            return False
+        return True
+
+
+def outbox_main(config_path: str | None, stop, events, wake) -> None:
+    """Entry point of the outbox process."""
+    from .clock import SystemClock
+
+    life = Lifecycle(stop)
+    os.nice(OUTBOX_NICE)
+    cfg = config_mod.load(config_path)
+    setup_logging(cfg.daemon.log_format)
+    db = open_database(cfg.database.url, migrate=False)
+    sender = Sender(cfg, config_path, SystemClock(), life, wake, events)
+    events.put(("ready", "outbox"))
+    try:
+        sender.serve()
+    finally:
+        db.close()
+
+
 # --- the main process: edges and supervisor ----------------------------------------------
+
+
+class Child:
+    """A child process as the supervisor sees it."""
+
+    def __init__(self, name: str, target, *args) -> None:
+        self.name = name
+        self.stop = _mp.Event()
+        self.ready = threading.Event()  # its signal handlers are in place
+        self.reload_pending = False
+        self.process = _mp.Process(target=target, name=name, args=(*args[:1], self.stop, *args[1:]))
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def reload(self) -> None:
+        if not self.ready.is_set():
+            self.reload_pending = True  # sent once it can take it
+        elif self.alive():
+            self.reload_pending = False
+            os.kill(self.process.pid, signal.SIGHUP)
+
+    def finish(self, timeout: float) -> bool:
+        """Ask it to drain and exit; False when it had to be stopped or failed."""
+        self.stop.set()
+        self.process.join(timeout=timeout)
+        if self.process.is_alive():
+            log.warning("the %s did not finish within %d s; stopping it", self.name, timeout)
+            self.process.terminate()
+            self.process.join(timeout=10)
+            return False
+        return not self.process.exitcode
 
 
 class Daemon:
@@ -204,14 +284,15 @@ class Daemon:
         self.metrics = Metrics()
         self.stop = threading.Event()  # the edges' stop
         self.wake = _mp.Event()  # wakes the worker when an edge stored a message
-        self.worker_stop = _mp.Event()
-        self.events = _mp.Queue()  # worker -> supervisor: results and deliveries, for metrics
+        self.outbox_wake = _mp.Event()  # wakes the outbox when the worker queued mail
+        self.events = _mp.Queue()  # children -> supervisor: readiness and figures, for metrics
+        self.worker = Child("worker", worker_main, config_path, self.events, self.wake,
+                            self.outbox_wake)
+        self.outbox = Child("outbox", outbox_main, config_path, self.events, self.outbox_wake)
+        self.children = (self.worker, self.outbox)
         self.threads: list[threading.Thread] = []
         self.listener = None
         self.http: HttpEndpoint | None = None
-        self.process = None
-        self.worker_ready = threading.Event()  # its signal handlers are in place
-        self.reload_pending = False
 
     def stored(self, *_ids) -> None:
         """Called by an edge after it committed a message."""
@@ -219,9 +300,8 @@ class Daemon:
 
     def start(self) -> None:
         cfg = self.config
-        self.process = _mp.Process(target=worker_main, name="worker",
-                                   args=(self.config_path, self.wake, self.worker_stop, self.events))
-        self.process.start()
+        for child in self.children:
+            child.process.start()
         from . import smtp  # the edges are imported here: the CLI does not need them
 
         self.listener = smtp.start(cfg, self.clock, on_stored=self.stored)
@@ -246,15 +326,16 @@ class Daemon:
 
     def _metrics_loop(self) -> None:
         m = self.metrics
-        while not (self.stop.is_set() and self.process is not None and not self.process.is_alive()):
+        while not (self.stop.is_set() and not any(c.alive() for c in self.children)):
             try:
                 event = self.events.get(timeout=0.5)
             except queue.Empty:
                 continue
             if event[0] == "ready":
-                self.worker_ready.set()
-                if self.reload_pending:
-                    self.reload()
+                child = self.worker if event[1] == "worker" else self.outbox
+                child.ready.set()
+                if child.reload_pending:
+                    child.reload()
             elif event[0] == "results":
                 for source, outcome, latency in event[1]:
                     m.received.labels(source, outcome).inc()
@@ -271,24 +352,22 @@ class Daemon:
                     m.outbox_depth.labels(state).set(depth.get(state, 0))
 
     def health(self) -> tuple[bool, dict]:
-        worker = self.worker_ready.is_set() and self.process is not None and self.process.is_alive()
+        worker = self.worker.ready.is_set() and self.worker.alive()
+        sender = self.outbox.ready.is_set() and self.outbox.alive()
         edges = all(t.is_alive() for t in self.threads)
         try:
             self.db.execute_sql("SELECT 1")
             db_ok = True
         except Exception:  # noqa: BLE001 - health reports, never raises
             db_ok = False
-        return worker and edges and db_ok, {"worker": worker, "edges": edges, "database": db_ok}
+        return (worker and sender and edges and db_ok,
+                {"worker": worker, "outbox": sender, "edges": edges, "database": db_ok})
 
     def reload(self) -> None:
-        """SIGHUP: the worker reloads configuration, rules and templates."""
-        if not self.worker_ready.is_set():
-            self.reload_pending = True  # sent once the worker can take it
-            return
-        self.reload_pending = False
-        if self.process is not None and self.process.is_alive():
-            log.info("reload requested")
-            os.kill(self.process.pid, signal.SIGHUP)
+        """SIGHUP: the worker reloads configuration, rules and templates, the outbox [outgoing]."""
+        log.info("reload requested")
+        for child in self.children:
+            child.reload()
 
     def shutdown(self) -> int:
         log.info("stopping: no new mail accepted; finishing what is in flight")
@@ -299,17 +378,14 @@ class Daemon:
         for t in self.threads:
             if t.name.startswith("imap:"):
                 t.join(timeout=drain)
-        self.worker_stop.set()
-        self.wake.set()
         code = 0
-        if self.process is not None:
-            self.process.join(timeout=drain)
-            if self.process.is_alive():
-                log.warning("the worker did not finish within %d s; stopping it", drain)
-                self.process.terminate()
-                self.process.join(timeout=10)
-                code = 1
-            elif self.process.exitcode:
+        # In order: the worker processes what the edges stored, then the outbox sends
+        # what the worker queued.
+        for child, wake in ((self.worker, self.wake), (self.outbox, self.outbox_wake)):
+            if child.process.pid is None:
+                continue
+            wake.set()
+            if not child.finish(drain):
                 code = 1
         if self.http is not None:
             self.http.stop()
@@ -328,8 +404,10 @@ class Daemon:
                 if reload_requested.wait(timeout=0.5):
                     reload_requested.clear()
                     self.reload()
-                if self.process is not None and not self.process.is_alive():
-                    log.error("the worker process exited (%s); stopping", self.process.exitcode)
+                dead = [c for c in self.children if not c.alive()]
+                if dead:
+                    log.error("the %s process exited (%s); stopping", dead[0].name,
+                              dead[0].process.exitcode)
                     break
         finally:
             code = self.shutdown()

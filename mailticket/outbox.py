@@ -16,14 +16,16 @@ import os
 import smtplib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import format_datetime
+from email import charset as _charset
+from email.header import Header
+from email.mime.text import MIMEText
+from email.policy import compat32
+from email.utils import format_datetime, formataddr, getaddresses
 from pathlib import Path
 
 from . import models
 from .config import Config, Outgoing, read_secret
-from .models import Outbox
+from .models import Outbox, fn
 
 log = logging.getLogger(__name__)
 
@@ -36,31 +38,61 @@ class PermanentFailure(Exception):
     """Never try again (5xx, refused recipient)."""
 
 
+# Outgoing mail is built with the compat32 API: a third of the CPU of policy.SMTP for the
+# same message (about 0.5 ms against 1.4 ms for an acknowledgement, 3 ms when it is not
+# ASCII), and outgoing mail is built for every ticket.  Non-ASCII text is encoded here
+# explicitly: quoted-printable UTF-8, readable in the raw message.
+_UTF8 = _charset.Charset("utf-8")
+_UTF8.header_encoding = _UTF8.body_encoding = _charset.QP
+_ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to"})
+_WIRE = compat32.clone(linesep="\r\n")
+
+
 def build(row: Outbox, now: datetime) -> bytes:
     """The wire form of an outbox row."""
-    msg = EmailMessage(policy=SMTP)
+    body = row.body
+    # 7bit when it can be (as most mail clients send it), else quoted-printable UTF-8.
+    plain = body.isascii() and all(len(line) <= 998 for line in body.split("\n"))
+    msg = MIMEText(body, "plain", "us-ascii" if plain else _UTF8)
     headers = dict(row.headers or {})
-    msg["From"] = headers.pop("From", None) or row.mail_from  # with the helpdesk's name, when given
-    msg["To"] = row.to_addr
-    msg["Subject"] = row.subject
+    _header(msg, "From", headers.pop("From", None) or row.mail_from)  # with the helpdesk's name
+    _header(msg, "To", row.to_addr)
+    _header(msg, "Subject", row.subject)
     msg["Date"] = format_datetime(row.created_at or now)
     msg["Message-ID"] = row.message_id
     for name, value in headers.items():
+        _header(msg, name, value)
+    return msg.as_bytes(policy=_WIRE)
+
+
+def _header(msg: MIMEText, name: str, value: str) -> None:
+    if value.isascii():
         msg[name] = value
-    msg.set_content(row.body)
-    return msg.as_bytes()
+    elif name.lower() in _ADDRESS_HEADERS:  # RFC 2047 for the names, never the addresses
+        try:
+            msg[name] = ", ".join(formataddr(pair, _UTF8) for pair in getaddresses([value]))
+        except UnicodeEncodeError:  # a UTF-8 address (RFC 6531): no encoding can carry it
+            msg[name] = value
+    else:
+        msg[name] = Header(value, _UTF8, header_name=name)
 
 
 class FolderTransport:
+    # Sending a row again writes the same file: a pass may mark its rows sent together.
+    idempotent = True
+
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
 
     def send(self, row: Outbox, data: bytes) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         name = f"{row.id:08d}-{row.kind}.eml"
         tmp = self.folder / f".{name}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, self.folder / name)
+        try:
+            tmp.write_bytes(data)
+        except FileNotFoundError:  # the first message, or the folder was removed
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+        os.replace(tmp, self.folder / name)  # readers never see half a message
 
     def close(self) -> None:
         pass
@@ -68,6 +100,8 @@ class FolderTransport:
 
 class SmtpTransport:
     """A smarthost over one kept-open connection (NOTES.md: 160/s against 1 per message)."""
+
+    idempotent = False  # each row is marked sent right after its hand-over
 
     def __init__(self, cfg: Outgoing) -> None:
         self.cfg = cfg
@@ -130,6 +164,7 @@ def deliver_due(config: Config, clock, transport=None, limit: int = 500) -> Deli
     own = transport is None
     transport = transport or transport_for(config)
     done = Delivery()
+    marks: list[tuple[int, dict]] = []
     try:
         now = clock.now()
         due = list(
@@ -139,14 +174,23 @@ def deliver_due(config: Config, clock, transport=None, limit: int = 500) -> Deli
             .limit(limit)
         )
         for row in due:
-            _attempt(row, config.outgoing, transport, clock, done)
+            mark = _attempt(row, config.outgoing, transport, clock, done)
+            if transport.idempotent:
+                marks.append((row.id, mark))
+            else:  # a crash must not send it twice: mark it before the next hand-over
+                models.update(Outbox, row.id, mark)
     finally:
+        if marks:  # one transaction for the pass: one commit, one wait for the write lock
+            with models.database_proxy.atomic():
+                for row_id, mark in marks:
+                    models.update(Outbox, row_id, mark)
         if own:
             transport.close()
     return done
 
 
-def _attempt(row: Outbox, cfg: Outgoing, transport, clock, done: Delivery) -> None:
+def _attempt(row: Outbox, cfg: Outgoing, transport, clock, done: Delivery) -> dict:
+    """Hand one row to the transport; the columns that record the attempt."""
     now = clock.now()
     row.attempts += 1
     try:
@@ -164,9 +208,16 @@ def _attempt(row: Outbox, cfg: Outgoing, transport, clock, done: Delivery) -> No
     else:
         row.state, row.sent_at, row.last_error = "sent", now, None
         done.sent += 1
-    models.update(Outbox, row.id, {"state": row.state, "attempts": row.attempts, "sent_at": row.sent_at,
-                                   "last_error": row.last_error, "next_attempt_at": row.next_attempt_at})
     log.info("outbox %s to %s: %s (attempt %d)", row.id, row.to_addr, row.state, row.attempts)
+    return {"state": row.state, "attempts": row.attempts, "sent_at": row.sent_at,
+            "last_error": row.last_error, "next_attempt_at": row.next_attempt_at}
+
+
+def depth() -> dict[str, int]:
+    """Rows waiting or given up on, by state (for the outbox depth metric)."""
+    return dict(Outbox.select(Outbox.state, fn.COUNT(Outbox.id))
+                .where(Outbox.state.in_(("queued", "retry", "dead")))
+                .group_by(Outbox.state).tuples())
 
 
 def listing(state: str | None = None, limit: int = 100) -> list[Outbox]:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from pathlib import Path
 
 import pytest
 from helpers import free_port, wait_for
@@ -146,6 +147,38 @@ def test_sigterm_finishes_in_flight_and_exits_zero(daemon, helpdesk):
         daemon.send(mail(subject=f"burst {n}"))
     assert daemon.stop() == 0
     assert len(tickets_of(helpdesk)) == 20
+    # The outbox process went last: every acknowledgement the worker queued was sent
+    # (5 of them: the per-address limit on automatic mail).
+    assert [r["state"] for r in helpdesk.outbox()] == ["sent"] * 5
+    assert len(list((helpdesk.root / "var" / "outgoing").glob("*.eml"))) == 5
+
+
+def children(pid: int) -> dict[str, int]:
+    """The daemon's worker and outbox processes: their niceness by pid."""
+    out = {}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        stat = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+            out[child] = int(stat[16])  # field 19 of stat: nice
+    return out
+
+
+def test_outbox_process_yields_the_cpu_and_takes_a_new_folder_on_sighup(daemon, helpdesk):
+    daemon.start()
+    health = json.loads(daemon.get("/healthz"))
+    assert health["ok"] and health["outbox"] and health["worker"]
+    assert sorted(children(daemon.proc.pid).values()) == [0, 10]  # worker, outbox
+    daemon.send(mail(subject="First"))
+    wait_for(lambda: list((helpdesk.root / "var" / "outgoing").glob("*.eml")), what="the first ack")
+    moved = helpdesk.root / "moved-outgoing"
+    text = helpdesk.config_path.read_text()
+    helpdesk.config_path.write_text(text + f'\n[outgoing]\nfolder = "{moved}"\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded" in daemon.log.read_text(), what="the reload")
+    daemon.send(mail(subject="Second"))
+    [eml] = wait_for(lambda: list(moved.glob("*.eml")), what="the second ack in the new folder")
+    assert "Second" in eml.read_text()
+    assert daemon.stop() == 0
 
 
 def test_refuses_to_start_on_broken_rules(helpdesk):

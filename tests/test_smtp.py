@@ -7,8 +7,10 @@ held by another connection, PostgreSQL connections killed by the server.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import smtplib
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -365,3 +367,82 @@ def test_stop_answers_the_message_being_stored_and_refuses_new_ones(serve, tmp_p
     assert replies == [{}] and len(rows()) == 1
     with pytest.raises(ConnectionRefusedError):
         server.client()
+
+
+# --- DATA read in blocks (smtp.BulkData) ------------------------------------------------
+
+
+def read_data(pieces: list[bytes], limit: int | None = None) -> tuple[bytes | None, bytes]:
+    """BulkData._read_data over a real StreamReader fed `pieces` one loop step apart.
+
+    Returns what it read and what it left in the reader (the next command)."""
+
+    class Session(smtp_mod.BulkData):
+        def __init__(self) -> None:
+            self._reader = asyncio.StreamReader()
+            self.data_size_limit = limit
+
+    async def run() -> tuple[bytes | None, bytes]:
+        session = Session()
+        task = asyncio.ensure_future(session._read_data())
+        for piece in pieces:
+            await asyncio.sleep(0)  # one loop step: the reader takes each piece as a block
+            session._reader.feed_data(piece)
+        session._reader.feed_eof()
+        content = await task
+        return content, await session._reader.read()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("pieces, content", [
+    ([b".\r\n"], b""),  # an empty message
+    ([b"Subject: x\r\n\r\nbody\r\n.\r\n"], b"Subject: x\r\n\r\nbody\r\n"),
+    ([b"..leading dot\r\n...\r\nx\r\n.\r\n"], b".leading dot\r\n..\r\nx\r\n"),  # RFC 5321 4.5.2
+    ([b"a\r\n", b".", b"\r", b"\n"], b"a\r\n"),  # the end marker across three blocks
+    ([b"a\r", b"\n.\r\n"], b"a\r\n"),
+    ([b"a\r\n.", b"x\r\n.\r\n"], b"a\r\nx\r\n"),  # a stuffed dot at a block's end
+    ([b"bare\n.\nlf\r\n.\r\n"], b"bare\n.\nlf\r\n"),  # only CRLF ends a line, as in aiosmtpd
+    ([b"x" * 5000 + b"\r\n.\r\n"], b"x" * 5000 + b"\r\n"),  # long lines are taken
+])
+def test_data_in_blocks(pieces, content):
+    assert read_data(pieces) == (content, b"")
+
+
+def test_data_in_blocks_leaves_the_next_command_in_the_reader():
+    assert read_data([b"a\r\n.\r\nMAIL FROM:<b@c.test>\r\n"]) == (b"a\r\n", b"MAIL FROM:<b@c.test>\r\n")
+
+
+def test_data_in_blocks_size_limit_to_the_byte():
+    line = b"y" * 98 + b"\r\n"  # 100 bytes
+    assert read_data([line * 10 + b".\r\n"], limit=1000) == (line * 10, b"")
+    assert read_data([line * 10 + b"z\r\n.\r\n"], limit=1000) == (None, b"")
+    # Far over the limit, in many blocks: dropped as it comes, the end still found.
+    assert read_data([line] * 500 + [b".\r", b"\nQUIT\r\n"], limit=1000) == (None, b"QUIT\r\n")
+
+
+def test_a_client_that_sends_its_next_command_early_is_answered_in_order(serve):
+    server = serve()
+    with socket.create_connection(("127.0.0.1", server.listener.port), timeout=10) as sock:
+        replies = sock.makefile("rb")
+
+        def reply() -> bytes:
+            while (line := replies.readline())[3:4] == b"-":
+                pass
+            return line[:3]
+
+        assert reply() == b"220"
+        sock.sendall(b"EHLO client.test\r\n")
+        assert reply() == b"250"
+        sock.sendall(b"MAIL FROM:<alice@customer.test>\r\nRCPT TO:<support@helpdesk.test>\r\n")
+        assert reply() == b"250" and reply() == b"250"
+        sock.sendall(b"DATA\r\n")
+        assert reply() == b"354"
+        first, second = mail(subject="one"), mail(subject="two")
+        # The rest of a session in one write: no wait for the 250 before the next MAIL.
+        sock.sendall(first + b".\r\nMAIL FROM:<alice@customer.test>\r\nRCPT TO:<support@helpdesk.test>\r\n"
+                     b"DATA\r\n")
+        assert [reply() for _ in range(4)] == [b"250", b"250", b"250", b"354"]
+        sock.sendall(second + b".\r\nQUIT\r\n")
+        assert [reply(), reply()] == [b"250", b"221"]
+    assert [bytes(r.raw).endswith(m) for r, m in zip(rows(), (first, second), strict=True)] == [True, True]
