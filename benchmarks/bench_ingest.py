@@ -44,6 +44,9 @@ def sentence(rng: random.Random, n: int = 12) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
 
 
+GENERATION = 2  # in the file name: a change to the messages makes a new file
+
+
 def generate(n: int, path: Path, seed: int = 7) -> Path:
     """An mbox of n messages: threads of one new message and 0-4 replies."""
     rng = random.Random(seed)
@@ -60,7 +63,11 @@ def generate(n: int, path: Path, seed: int = 7) -> Path:
                 msg = EmailMessage(policy=SMTP)
                 msg["From"] = f"Customer {thread} <{customer}>"
                 msg["To"] = "support@helpdesk.test"
-                msg["Subject"] = f"Re: [#{thread}] {subject}" if reply else subject
+                # Replies thread by In-Reply-To/References.  No "[#n]" token: the ticket numbers
+                # depend on the order the messages are processed in, which differs between
+                # `ingest` and 16 SMTP clients, and a token naming another customer's ticket
+                # makes a new ticket (the same messages would not be the same work).
+                msg["Subject"] = f"Re: {subject}" if reply else subject
                 msg["Date"] = "Mon, 02 Mar 2026 10:00:00 +0000"
                 mid = f"<t{thread}.r{reply}.{seed}@mail.test>"
                 msg["Message-ID"] = mid
@@ -85,6 +92,16 @@ def generate(n: int, path: Path, seed: int = 7) -> Path:
                 fh.write(data.replace(b"\nFrom ", b"\n>From ") + b"\n")
                 ids.append(mid)
                 count += 1
+    return path
+
+
+def mailbox_of(n: int) -> Path:
+    """The benchmark mailbox of n messages, generated on first use."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"bench-{n}-g{GENERATION}.mbox"
+    if not path.exists():
+        print(f"generating {n} messages into {path} ...", flush=True)
+        generate(n, path)
     return path
 
 
@@ -198,11 +215,7 @@ def main() -> None:
         res = fn(args.mbox, args.url) if args.child == "ceiling" else fn(args.mbox, args.url, args.workdir)
         print(json.dumps(res))
         return
-    OUT.mkdir(parents=True, exist_ok=True)
-    mbox = OUT / f"bench-{args.messages}.mbox"
-    if not mbox.exists():
-        print(f"generating {args.messages} messages into {mbox} ...", flush=True)
-        generate(args.messages, mbox)
+    mbox = mailbox_of(args.messages)
     backends = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     print(f"ingest benchmark: {args.messages} messages, {os.cpu_count()} cores")
     print(f"{'backend':<11}{'run':<10}{'msg/s':>9}{'seconds':>9}{'peak RSS MB':>13}")

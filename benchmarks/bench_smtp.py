@@ -12,8 +12,10 @@ connection open, to:
 
 Each server runs in a child process of its own (the clients do not share its GIL),
 and prints messages per second, p50/p99 latency from the end of DATA (the final
-"." sent) to the reply and the server's CPU time per message, then listener/sink.  `run_clients(host, port, messages,
-clients)` can be imported to drive any server (the daemon, for end-to-end figures).
+"." sent) to the reply and the server's CPU time per message, then listener/sink.
+`run_clients(host, port, messages, clients)` can be imported to drive any server
+(the daemon, for end-to-end figures); a conversation's messages go through one
+client, in order.
 """
 
 from __future__ import annotations
@@ -42,17 +44,26 @@ RCPT = "support@helpdesk.test"
 def load_messages(n: int) -> list[bytes]:
     """n messages of the ingest benchmark's mailbox, with CRLF line ends as on the wire."""
     sys.path.insert(0, str(HERE))
-    from bench_ingest import OUT, generate
+    from bench_ingest import mailbox_of
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"bench-{n}.mbox"
-    if not path.exists():
-        generate(n, path)
-    box = mailbox.mbox(path, create=False)
+    box = mailbox.mbox(mailbox_of(n), create=False)
     try:
         return [re.sub(rb"\r?\n", b"\r\n", box.get_bytes(k)) for k in box.iterkeys()]
     finally:
         box.close()
+
+
+_CONVERSATION = re.compile(rb"^Message-ID: <t(\d+)\.", re.MULTILINE | re.IGNORECASE)
+
+
+def by_conversation(raws: Sequence[bytes], clients: int) -> list[list[bytes]]:
+    """Each client's messages: a conversation's messages all go, in order, through one
+    client, as a customer's reply comes after the message it answers."""
+    shares: list[list[bytes]] = [[] for _ in range(clients)]
+    for n, raw in enumerate(raws):
+        match = _CONVERSATION.search(raw)
+        shares[int(match.group(1)) % clients if match else n % clients].append(raw)
+    return shares
 
 
 def _client(host: str, port: int, raws: Sequence[bytes], ready: threading.Barrier,
@@ -88,8 +99,8 @@ def run_clients(host: str, port: int, messages: Sequence[bytes] | int,
     latencies: list[float] = []
     errors: list[BaseException] = []
     ready = threading.Barrier(clients + 1)
-    threads = [threading.Thread(target=_client, args=(host, port, raws[n::clients], ready,
-                                                      latencies, errors)) for n in range(clients)]
+    threads = [threading.Thread(target=_client, args=(host, port, share, ready, latencies, errors))
+               for share in by_conversation(raws, clients)]
     for t in threads:
         t.start()
     try:

@@ -50,8 +50,9 @@ from .pipeline import Env, Pipeline, Result
 
 log = logging.getLogger(__name__)
 
-DAEMON_BATCH = 20  # messages per worker transaction in the daemon (ingest uses 100)
+DAEMON_BATCH = 10  # messages per worker transaction in the daemon (ingest uses 100)
 COALESCE_SECONDS = 0.02
+OUTBOX_GATHER_SECONDS = 0.1
 OUTBOX_PASS = 200  # rows per delivery pass: one commit, one metrics message
 OUTBOX_NICE = 10  # CFS weight of about a tenth of the other processes while the CPU is busy
 _mp = multiprocessing.get_context("spawn")  # a clean interpreter: no threads or sockets inherited
@@ -197,7 +198,9 @@ class Sender:
                 self.deliver(transport)
                 if final:
                     return
-                self.wake.wait(timeout=self.config.daemon.outbox_interval)
+                if self.wake.wait(timeout=self.config.daemon.outbox_interval):
+                    # Gather what the worker's next passes queue: fewer, fuller passes.
+                    self.life.terminate.wait(OUTBOX_GATHER_SECONDS)
                 self.wake.clear()
                 if self.life.take_reload() and self.reload():
                     transport.close()

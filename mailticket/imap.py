@@ -38,7 +38,7 @@ from imapclient import IMAPClient  # type: ignore[import-untyped]
 from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
 
 from .config import Imap, read_secret
-from .db import DatabaseError
+from .db import DatabaseError, writing
 from .errors import MailticketError, StorageError
 from .intake import Incoming, store_many
 from .models import ImapState, database_proxy
@@ -191,7 +191,7 @@ class ImapPoller:
     def _commit(self, items: list[Incoming], last_uid: int, *, importing: bool) -> list[int]:
         """Store the messages and move the last UID past them: all or nothing."""
         try:
-            with database_proxy.atomic():  # store_many's own atomic() nests as a savepoint
+            with writing(), database_proxy.atomic():  # store_many's nests as a savepoint
                 ids = store_many(items, now=self.clock.now()) if items else []
                 self._save_state(last_uid, importing)
         except DatabaseError as exc:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from . import models
-from .db import DatabaseError
+from .db import DatabaseError, writing
 from .errors import StorageError
 from .models import Inbox, SqliteDatabase, database_proxy
 from .pipeline import Pipeline, Quarantine, Result, StepFailed
@@ -47,7 +47,7 @@ def store_many(items: Iterable[Incoming], *, now) -> list[int]:
     """
     db = database_proxy
     try:
-        with db.atomic():
+        with writing(), db.atomic():
             return [
                 models.insert(Inbox, dict(
                     received_at=now, source=i.source, mailbox=i.mailbox, queue=i.queue,
@@ -70,16 +70,17 @@ class Worker:
                     on_result: Callable[[Result], None] | None = None) -> list[Result]:
         """Process pending rows (only `ids`, when given) until none is left."""
         results: list[Result] = []
-        last_id = 0
-        while True:
-            batch_results, next_id = self._run_batch(ids, last_id)
+        last_id, full = 0, True
+        while full:  # a batch that was not full took every row that was pending
+            batch_results, next_id, full = self._run_batch(ids, last_id)
             if next_id == last_id:
-                return results
+                break
             last_id = next_id
             results.extend(batch_results)
             if on_result:
                 for r in batch_results:
                     on_result(r)
+        return results
 
     def _pending(self, ids: list[int] | None, after: int):
         query = Inbox.select().where((Inbox.state == "pending") & (Inbox.id > after))
@@ -87,8 +88,10 @@ class Worker:
             query = query.where(Inbox.id.in_(ids))
         return query.order_by(Inbox.id).limit(self.batch)
 
-    def _run_batch(self, ids: list[int] | None, after: int) -> tuple[list[Result], int]:
-        """Take the next pending rows and process them in one transaction."""
+    def _run_batch(self, ids: list[int] | None, after: int) -> tuple[list[Result], int, bool]:
+        """Take the next pending rows and process them in one transaction.
+
+        Returns the results, the last id taken, and whether the batch was full."""
         db = database_proxy
         pipeline = self.pipeline  # one pipeline per batch, even if a reload swaps it meanwhile
         out: list[Result] = []
@@ -100,12 +103,12 @@ class Worker:
             # taking it, so the lock is held for the database work alone.
             rows = list(self._pending(ids, after))
             if not rows:
-                return out, after
+                return out, after, False
             parsed = pipeline.parse_ahead(rows)
         # SQLite: take the write lock up front.  A transaction that reads first and writes
         # later cannot wait for a lock another connection took meanwhile (in WAL mode it
         # fails at once with "database is locked"), whatever the busy timeout.
-        with db.atomic("IMMEDIATE") if sqlite else db.atomic():
+        with writing(), (db.atomic("IMMEDIATE") if sqlite else db.atomic()):
             if sqlite:
                 # Another process (an `ingest` beside the daemon) may have taken some.
                 still = models.still_pending([r.id for r in rows])
@@ -120,7 +123,7 @@ class Worker:
                         out.append(pipeline.run(row, parsed.get(row.id)))
                 except StepFailed as failed:
                     out.append(self._quarantine(row, failed))
-        return out, (rows[-1].id if rows else after)
+        return out, (rows[-1].id if rows else after), len(rows) == self.batch
 
     def _quarantine(self, row: Inbox, failed: StepFailed) -> Result:
         if isinstance(failed.cause, Quarantine):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import models
 from .config import Config, Outgoing, read_secret
+from .db import writing
 from .models import Outbox, fn
 
 log = logging.getLogger(__name__)
@@ -178,10 +179,11 @@ def deliver_due(config: Config, clock, transport=None, limit: int = 500) -> Deli
             if transport.idempotent:
                 marks.append((row.id, mark))
             else:  # a crash must not send it twice: mark it before the next hand-over
-                models.update(Outbox, row.id, mark)
+                with writing():
+                    models.update(Outbox, row.id, mark)
     finally:
         if marks:  # one transaction for the pass: one commit, one wait for the write lock
-            with models.database_proxy.atomic():
+            with writing(), models.database_proxy.atomic():
                 for row_id, mark in marks:
                     models.update(Outbox, row_id, mark)
         if own:
