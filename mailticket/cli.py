@@ -381,7 +381,7 @@ def outbox_group() -> None:
 
 
 @outbox_group.command("list")
-@click.option("--state", type=click.Choice(["queued", "sent", "retry", "dead"]))
+@click.option("--state", type=click.Choice(["queued", "sending", "sent", "retry", "dead"]))
 @click.option("--limit", default=50, show_default=True)
 @json_option
 @click.pass_obj

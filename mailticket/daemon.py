@@ -351,7 +351,7 @@ class Daemon:
                 m.deliveries.inc(sent)
                 m.delivery_failures.labels("retry").inc(retry)
                 m.delivery_failures.labels("dead").inc(dead)
-                for state in ("queued", "retry", "dead"):
+                for state in outbox.DEPTH_STATES:
                     m.outbox_depth.labels(state).set(depth.get(state, 0))
 
     def health(self) -> tuple[bool, dict]:

@@ -17,6 +17,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -67,6 +68,7 @@ def open_database(url: str, *, migrate: bool = True) -> peewee.Database:
 
 
 _writer = threading.local()  # this thread's lock file and how deep it holds it
+WRITER_LOCK_POLL = (0.0002, 0.002)  # first and longest wait between two tries, seconds
 
 
 @contextlib.contextmanager
@@ -77,9 +79,11 @@ def writing() -> Iterator[None]:
     taken polls for it with sleeps that grow to 100 ms: under load a client's 250 waits
     for a sleep, not for the other writer.  The daemon's writers (the listener, the IMAP
     pollers, the worker and the outbox, in three processes) take this lock on a file
-    beside the database first, which the kernel hands to the next writer the moment
-    the last one lets go.  Anything else (the CLI) still works: it meets SQLite's own
-    lock and waits as before.  PostgreSQL needs no such thing: a no-op there.
+    beside the database first, trying again at most 2 ms apart, so the next writer
+    starts almost as soon as the last one commits.  Past the busy timeout it raises
+    OperationalError, as a locked SQLite does (SMTP answers 451).  Anything else (the
+    CLI) still works: it meets SQLite's own lock and waits as before.  A no-op on
+    PostgreSQL, which has row locks.
     """
     db = models.database_proxy.obj
     path = getattr(db, "database", "") if isinstance(db, peewee.SqliteDatabase) else ""
@@ -95,13 +99,27 @@ def writing() -> Iterator[None]:
             os.close(_writer.fd)
         _writer.fd = os.open(f"{path}.writer-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         _writer.path = path
-    fcntl.flock(_writer.fd, fcntl.LOCK_EX)
+    _take(_writer.fd, dict(SQLITE_PRAGMAS)["busy_timeout"] / 1000)
     _writer.depth = 1
     try:
         yield
     finally:
         _writer.depth = 0
         fcntl.flock(_writer.fd, fcntl.LOCK_UN)
+
+
+def _take(fd: int, timeout: float) -> None:
+    wait, longest = WRITER_LOCK_POLL
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise OperationalError("database is locked (the writer lock)") from None
+            time.sleep(wait)  # the kernel has no timed flock
+            wait = min(wait * 2, longest)
 
 
 def redact(url: str) -> str:

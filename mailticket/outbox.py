@@ -5,8 +5,11 @@ sees its acknowledgements without a mail server) and `smtp` (a smarthost).  A
 temporary failure schedules a retry with exponential backoff; a permanent one, or
 too many attempts, makes the row `dead`.  Each attempt is recorded on the row.
 
-A row is marked `sent` in the same short transaction that follows the hand-over,
-and rows are claimed one at a time, so one daemon never sends a message twice.
+A pass first claims the rows that are due (`claim`: state `sending` under a lease),
+so two daemons on one PostgreSQL database, or `outbox deliver` beside a daemon,
+never send the same row.  With the smarthost each row is marked `sent` right after
+its hand-over; with the folder transport, where writing a file again is harmless,
+the pass marks its rows together.
 """
 
 from __future__ import annotations
@@ -155,6 +158,10 @@ class Delivery:
     dead: int = 0
 
 
+# A claimed row not marked within this long (its sender died) is taken again.
+LEASE = timedelta(minutes=10)
+
+
 def backoff(attempts: int, base: int) -> timedelta:
     """base, 2 base, 4 base, ... capped at six hours."""
     return timedelta(seconds=min(base * 2 ** max(attempts - 1, 0), 6 * 3600))
@@ -167,14 +174,7 @@ def deliver_due(config: Config, clock, transport=None, limit: int = 500) -> Deli
     done = Delivery()
     marks: list[tuple[int, dict]] = []
     try:
-        now = clock.now()
-        due = list(
-            Outbox.select()
-            .where(Outbox.state.in_(("queued", "retry")) & (Outbox.next_attempt_at <= now))
-            .order_by(Outbox.id)
-            .limit(limit)
-        )
-        for row in due:
+        for row in claim(clock.now(), limit):
             mark = _attempt(row, config.outgoing, transport, clock, done)
             if transport.idempotent:
                 marks.append((row.id, mark))
@@ -189,6 +189,27 @@ def deliver_due(config: Config, clock, transport=None, limit: int = 500) -> Deli
         if own:
             transport.close()
     return done
+
+
+def claim(now: datetime, limit: int) -> list[Outbox]:
+    """Take up to `limit` rows that are due, for this process alone.
+
+    They become `sending` with a lease (`next_attempt_at` = now + LEASE): another
+    daemon on the same PostgreSQL database (which skips rows being claimed) or an
+    `outbox deliver` beside the daemon never takes them meanwhile.  A process that
+    dies while sending leaves them to be taken again once the lease is over.
+    """
+    due = ((Outbox.state.in_(("queued", "retry", "sending"))) & (Outbox.next_attempt_at <= now))
+    query = Outbox.select(Outbox.id).where(due).order_by(Outbox.id).limit(limit)
+    db = models.database_proxy
+    with writing(), db.atomic():
+        if not isinstance(db.obj, models.SqliteDatabase):
+            query = query.for_update("FOR UPDATE SKIP LOCKED")
+        ids = [row.id for row in query]
+        if not ids:
+            return []
+        Outbox.update(state="sending", next_attempt_at=now + LEASE).where(Outbox.id.in_(ids)).execute()
+    return list(Outbox.select().where(Outbox.id.in_(ids)).order_by(Outbox.id))
 
 
 def _attempt(row: Outbox, cfg: Outgoing, transport, clock, done: Delivery) -> dict:
@@ -215,10 +236,13 @@ def _attempt(row: Outbox, cfg: Outgoing, transport, clock, done: Delivery) -> di
             "last_error": row.last_error, "next_attempt_at": row.next_attempt_at}
 
 
+DEPTH_STATES = ("queued", "sending", "retry", "dead")
+
+
 def depth() -> dict[str, int]:
     """Rows waiting or given up on, by state (for the outbox depth metric)."""
     return dict(Outbox.select(Outbox.state, fn.COUNT(Outbox.id))
-                .where(Outbox.state.in_(("queued", "retry", "dead")))
+                .where(Outbox.state.in_(DEPTH_STATES))
                 .group_by(Outbox.state).tuples())
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from aiosmtpd.controller import Controller
 from helpers import free_port
@@ -125,3 +127,48 @@ def test_permanent_failure_is_dead_at_once(setup, smarthost):
     smarthost.sink.reply = "550 5.1.1 no such user"
     assert outbox.deliver_due(cfg_for(smarthost.port, max_attempts=8), clock).dead == 1
     assert "550" in Outbox.get_by_id(row_id).last_error
+
+
+def test_a_row_is_sent_by_one_sender_even_when_two_deliver_at_once(setup):
+    """Two daemons (here: two threads, each with its own connection) share one outbox."""
+    clock = setup
+    ids = [queue(kind="ack", ticket=n, mail_from="support@helpdesk.test", to=f"c{n}@customer.test",
+                 rendered=Rendered(f"[#{n}] Hi", "Body\n"), headers={}, message_id=f"<x{n}@helpdesk.test>",
+                 now=clock.now(), automatic=True) for n in range(1, 7)]
+    sent: list[tuple[str, int]] = []
+    config = Config()
+
+    class Recording:
+        idempotent = False
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def send(self, row, data) -> None:
+            sent.append((self.name, row.id))
+            if self.name == "first" and len(sent) == 1:
+                # While the first daemon is in the middle of its pass, the second one runs.
+                other = threading.Thread(target=outbox.deliver_due,
+                                         args=(config, clock, Recording("second")))
+                other.start()
+                other.join(timeout=30)
+
+        def close(self) -> None:
+            pass
+
+    done = outbox.deliver_due(config, clock, Recording("first"), limit=3)
+    assert done.sent == 3
+    assert sorted(row_id for _, row_id in sent) == ids  # every row once, none twice
+    assert {name for name, row_id in sent if row_id in ids[3:]} == {"second"}
+    assert [r.state for r in Outbox.select().order_by(Outbox.id)] == ["sent"] * 6
+
+
+def test_a_claim_whose_sender_died_is_taken_again_after_the_lease(setup, smarthost):
+    clock = setup
+    queue_one(clock)
+    assert [r.state for r in outbox.claim(clock.now(), 10)] == ["sending"]  # and then it died
+    cfg = cfg_for(smarthost.port)
+    assert outbox.deliver_due(cfg, clock).sent == 0  # still leased to the other
+    clock.advance(seconds=outbox.LEASE.total_seconds())
+    assert outbox.deliver_due(cfg, clock).sent == 1
+    assert len(smarthost.received) == 1

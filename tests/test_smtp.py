@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import ssl
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,52 @@ def test_locked_sqlite_gets_451_then_250_when_it_is_free(serve, tmp_path, short_
     with server.client() as s:  # the sender's retry
         assert s.sendmail(SENDER, [HELPDESK], mail()) == {}
     assert len(rows()) == 1
+
+
+def hold_writer_lock(url: str) -> subprocess.Popen:
+    """Another daemon process inside `db.writing()` until its stdin is closed."""
+    code = ("import sys\nfrom mailticket.db import open_database, writing\n"
+            f"open_database({url!r})\nwith writing():\n"
+            "    print('held', flush=True)\n    sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout.readline() == b"held\n"
+    return proc
+
+
+def test_writer_lock_held_elsewhere_gets_451_then_250(serve, tmp_path, short_busy_timeout):
+    server = serve()
+    holder = hold_writer_lock(f"sqlite:///{tmp_path / 'mailticket.db'}")
+    try:
+        with server.client() as s:
+            with pytest.raises(smtplib.SMTPDataError) as failed:
+                s.sendmail(SENDER, [HELPDESK], mail())
+            assert failed.value.smtp_code == 451
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        holder.stdout.close()
+    with server.client() as s:  # the lock is free again: taken at once
+        assert s.sendmail(SENDER, [HELPDESK], mail()) == {}
+    assert len(rows()) == 1
+
+
+def test_writer_lock_is_reentrant_and_excludes_other_threads(serve, tmp_path):
+    serve()  # opens the SQLite database
+    order: list[str] = []
+    with db_mod.writing():
+        with db_mod.writing():  # nested: no deadlock with itself
+            def take() -> None:
+                with db_mod.writing():
+                    order.append("other")
+
+            other = threading.Thread(target=take)
+            other.start()
+            other.join(timeout=0.3)
+            assert other.is_alive()  # the other thread waits for the lock
+            order.append("inner")
+        order.append("outer")  # the inner exit did not let go of the lock
+    other.join(timeout=10)
+    assert order == ["inner", "outer", "other"]
 
 
 def test_postgresql_restart_gets_451_then_reconnects(serve, pg_url):
