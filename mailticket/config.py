@@ -171,9 +171,34 @@ class Config:
         )
 
     def is_ours(self, address: str) -> bool:
-        address = address.lower()
-        domain = address.rpartition("@")[2]
-        return address in self.our_addresses() or domain in {d.lower() for d in self.smtp.domains}
+        """Is this address the helpdesk itself (mail from it is our own, a loop)?
+
+        Only the configured addresses: accepting every recipient in a domain says
+        nothing about its senders (staff of an internal helpdesk write from it).
+        """
+        return address.lower() in self.our_addresses()
+
+    def accepts(self, recipient: str) -> bool:
+        """Is mail to `recipient` for us (the listener's RCPT, `ingest --recipient`)?
+
+        Our addresses, any address in `[smtp] domains`, and postmaster at any of our
+        domains or bare (RFC 5321 4.5.1 requires it).  Anything else would make us an
+        open relay.
+        """
+        address = recipient.strip().strip("<>").lower()
+        local, _, domain = address.rpartition("@")
+        if not local:  # the bare <postmaster>
+            return domain == "postmaster"
+        if address in self.our_addresses() or domain in self.our_domains():
+            return True
+        return local == "postmaster" and domain in self.our_domains(with_addresses=True)
+
+    def our_domains(self, with_addresses: bool = False) -> frozenset[str]:
+        """`[smtp] domains`, and with `with_addresses` the domains of our own addresses too."""
+        domains = {d.lower() for d in self.smtp.domains}
+        if with_addresses:
+            domains |= {a.rpartition("@")[2] for a in self.our_addresses()}
+        return frozenset(domains)
 
 
 _CHOICES = {

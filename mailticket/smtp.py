@@ -88,7 +88,7 @@ class Handler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         # Only our own addresses and domains: anything else would make us an open relay.
-        if not self.config.is_ours(address):
+        if not self.config.accepts(address):
             log.info("refused recipient <%s> from %s", address, _ip(session))
             return ERR_550.format(address=address)
         envelope.rcpt_tos.append(address)

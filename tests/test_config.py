@@ -58,8 +58,13 @@ user = "u"
 password_env = "PW"
 """))
     assert cfg.imap[0].host == "imap.test" and cfg.imap[0].port == 993
-    assert cfg.is_ours("SALES@desk.test") and cfg.is_ours("anyone@support.test")
-    assert not cfg.is_ours("alice@customer.test")
+    assert cfg.is_ours("SALES@desk.test") and cfg.accepts("anyone@support.test")
+    assert not cfg.is_ours("alice@customer.test") and not cfg.accepts("alice@customer.test")
+    # Accepting a domain's recipients says nothing about its senders: staff are customers.
+    assert not cfg.is_ours("anyone@support.test")
+    # RFC 5321 4.5.1: postmaster at our domains, and bare, is always accepted.
+    assert cfg.accepts("postmaster@desk.test") and cfg.accepts("<Postmaster>")
+    assert cfg.accepts("postmaster@support.test") and not cfg.accepts("postmaster@other.test")
 
 
 def test_missing_named_file_is_an_error(tmp_path):
