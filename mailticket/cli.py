@@ -20,6 +20,7 @@ import click
 
 from . import __version__, intake, outbox, tickets
 from .app import App, load_config, missing_templates, open_app
+from .config import DEFAULT_PATH
 from .errors import MailticketError, RulesError, StorageError
 from .intake import Incoming
 from .rules import check_rules, load_rules
@@ -35,14 +36,23 @@ class TryLater(click.ClickException):
 
 
 class Ctx:
-    def __init__(self, config_path: str | None) -> None:
+    def __init__(self, config_path: str | None, source: str = "") -> None:
         self.config_path = config_path
+        self.source = source  # where the path came from: "--config", "$MAILTICKET_CONFIG", ""
         self._app: App | None = None
 
     @property
     def config(self):
+        path = self.config_path or DEFAULT_PATH
+        if not Path(path).is_file():
+            where = f"{path} (from {self.source})" if self.source else (
+                f"./{DEFAULT_PATH} (no --config given and $MAILTICKET_CONFIG is not set)")
+            raise click.ClickException(
+                f"no configuration file: looked for {where}.\n"
+                f"Run `mailticket init DIR` to create a helpdesk, or name its file with "
+                f"`mailticket --config FILE ...`.")
         try:
-            return load_config(self.config_path)
+            return load_config(path)
         except MailticketError as exc:
             raise click.ClickException(str(exc)) from None
 
@@ -100,7 +110,10 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     Every email becomes a ticket, threaded by its [#N] token or its References,
     routed by the YAML rules and acknowledged from a template.
     """
-    ctx.obj = Ctx(config_path)
+    source = {click.core.ParameterSource.COMMANDLINE: "--config",
+              click.core.ParameterSource.ENVIRONMENT: "$MAILTICKET_CONFIG"}.get(
+        ctx.get_parameter_source("config_path"), "")  # type: ignore[arg-type]
+    ctx.obj = Ctx(config_path, source)
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -139,16 +152,30 @@ attachments = "var/attachments"
 
 
 @main.command()
-@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
 @click.option("--address", default="support@example.com", show_default=True,
               help="The helpdesk's customer-facing address.")
 @click.option("--name", default="Support", show_default=True, help="The helpdesk's name.")
-@click.option("--force", is_flag=True, help="Overwrite an existing mailticket.toml.")
-def init(directory: str, address: str, name: str, force: bool) -> None:
-    """Create a working helpdesk in DIRECTORY: config, database, sample rules."""
-    target = Path(directory)
+@click.option("--force", is_flag=True, help="Overwrite an existing configuration file.")
+@click.pass_obj
+def init(obj: Ctx, directory: str | None, address: str, name: str, force: bool) -> None:
+    """Create a working helpdesk in DIRECTORY: config, database, sample rules.
+
+    Without DIRECTORY it goes where `--config` (or $MAILTICKET_CONFIG) points, so that
+    `mailticket --config /etc/mailticket/mailticket.toml init` writes that file and
+    every later command with the same --config finds it; else into the current folder.
+    """
+    cfg_file = Path(obj.config_path) if obj.config_path else None
+    if directory is None:
+        cfg_file = cfg_file or Path(DEFAULT_PATH)
+    elif cfg_file is None:
+        cfg_file = Path(directory) / DEFAULT_PATH
+    elif cfg_file.parent.resolve() != Path(directory).resolve():
+        raise click.UsageError(
+            f"{obj.source} names {cfg_file}, which is not in {directory}: give the folder or "
+            f"the configuration file, not two different places")
+    target = cfg_file.parent
     target.mkdir(parents=True, exist_ok=True)
-    cfg_file = target / "mailticket.toml"
     if cfg_file.exists() and not force:
         click.echo(f"{cfg_file} exists; keeping it (use --force to overwrite)")
     else:
@@ -184,8 +211,9 @@ def run(obj: Ctx) -> None:
     """
     from . import daemon
 
+    obj.config  # noqa: B018 - a missing or broken file is one clear line, before any start
     try:
-        code = daemon.run(obj.config_path)
+        code = daemon.run(obj.config_path or DEFAULT_PATH)
     except RulesError as exc:
         raise click.ClickException(f"refusing to start: the rules are broken:\n{exc}") from None
     except StorageError as exc:

@@ -224,13 +224,15 @@ def default_path() -> Path:
     return Path(os.environ.get(ENV_VAR) or DEFAULT_PATH)
 
 
-def load(path: str | os.PathLike[str] | None = None, *, must_exist: bool = False) -> Config:
-    """Read the config file (or return the defaults when there is none and that is allowed)."""
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read the config file: `path`, else $MAILTICKET_CONFIG, else ./mailticket.toml.
+
+    A missing file is an error, never a silent default: a command run in the wrong
+    folder would otherwise show an empty helpdesk (and create a database there).
+    """
     p = Path(path) if path is not None else default_path()
     if not p.exists():
-        if must_exist or path is not None:
-            raise ConfigError(f"{p}: no such configuration file (run `mailticket init` to make one)")
-        return _resolve(Config(), Path.cwd(), str(p))
+        raise ConfigError(f"{p}: no such configuration file (run `mailticket init` to make one)")
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:

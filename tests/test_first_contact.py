@@ -1,0 +1,71 @@
+"""An admin's first hour: where `init` writes, and no silent default configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mailticket.cli import main
+
+
+@pytest.fixture
+def in_empty_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MAILTICKET_CONFIG", raising=False)
+    return tmp_path
+
+
+def test_init_follows_the_config_flag(in_empty_folder):
+    cfg = in_empty_folder / "etc" / "mailticket" / "site.toml"
+    runner = CliRunner()
+    res = runner.invoke(main, ["--config", str(cfg), "init"])
+    assert res.exit_code == 0, res.output
+    assert cfg.is_file() and (cfg.parent / "rules").is_dir()
+    assert not (in_empty_folder / "mailticket.toml").exists()  # nothing in the current folder
+    res = runner.invoke(main, ["--config", str(cfg), "ticket", "list"])
+    assert res.exit_code == 0, res.output
+
+
+def test_init_follows_the_environment(in_empty_folder, monkeypatch):
+    cfg = in_empty_folder / "srv" / "mailticket.toml"
+    monkeypatch.setenv("MAILTICKET_CONFIG", str(cfg))
+    runner = CliRunner()
+    assert runner.invoke(main, ["init"]).exit_code == 0
+    assert cfg.is_file() and not (in_empty_folder / "mailticket.toml").exists()
+    assert runner.invoke(main, ["ticket", "list"]).exit_code == 0
+
+
+def test_init_refuses_two_different_places(in_empty_folder):
+    res = CliRunner().invoke(main, ["--config", "a/mailticket.toml", "init", "b"])
+    assert res.exit_code == 2
+    assert "a/mailticket.toml" in res.output and "not in b" in res.output
+    assert not Path("a").exists() and not Path("b").exists()
+    # The same place said twice is fine.
+    res = CliRunner().invoke(main, ["--config", "c/mailticket.toml", "init", "c"])
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("command", [["ticket", "list"], ["run"], ["outbox", "list"],
+                                     ["rules", "check"], ["ingest", "-"]])
+def test_no_configuration_is_an_error_not_an_empty_helpdesk(in_empty_folder, command):
+    res = CliRunner().invoke(main, command, input=b"")
+    assert res.exit_code == 1, res.output
+    assert "no configuration file" in res.output and "./mailticket.toml" in res.output
+    assert "mailticket init" in res.output
+    assert os.listdir(in_empty_folder) == []  # no database made in the wrong folder
+
+
+def test_a_named_missing_file_says_where_the_name_came_from(in_empty_folder, monkeypatch):
+    res = CliRunner().invoke(main, ["--config", "nope.toml", "ticket", "list"])
+    assert res.exit_code == 1 and "nope.toml (from --config)" in res.output
+    monkeypatch.setenv("MAILTICKET_CONFIG", "gone.toml")
+    res = CliRunner().invoke(main, ["ticket", "list"])
+    assert res.exit_code == 1 and "gone.toml (from $MAILTICKET_CONFIG)" in res.output
+
+
+def test_help_needs_no_configuration(in_empty_folder):
+    assert CliRunner().invoke(main, ["ticket", "list", "--help"]).exit_code == 0
+    assert CliRunner().invoke(main, ["--help"]).exit_code == 0
