@@ -6,7 +6,7 @@
 All in one run, on the same generated messages (bench_ingest.generate):
 
   ingest   `mailticket ingest` of the messages (the pipeline's own rate: the reference)
-  sink     an aiosmtpd server that stores nothing (bench_smtp)
+  sink     an aiosmtpd server with the listener's DATA reader that stores nothing (bench_smtp)
   smtp     16 clients with kept-open connections send to the real daemon; the rate is
            messages / time until the last ticket is committed; p50/p99 from the end of
            DATA to the 250
@@ -14,7 +14,9 @@ All in one run, on the same generated messages (bench_ingest.generate):
   imap     the daemon drains the IMAP backlog (Dovecot on loopback) until the last
            ticket is committed
 
-Targets (issue 3): smtp and imap each >= 80% of the ingest rate; smtp p99 < 100 ms.
+Targets (issue 3), on each backend: smtp and imap each >= 0.80 of the ingest rate;
+smtp p99 to the 250 < 100 ms (flat out, and at the --paced rate).  One `target` line
+each; exit status 3 when one is missed.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ import bench_imap  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_smtp  # noqa: E402
 from helpers import free_port  # noqa: E402
+from targets import Targets  # noqa: E402
 
 RCPT = bench_smtp.RCPT
-
-
+TARGET_RATE = 0.80  # tickets committed per second / ingest's, over SMTP and over IMAP
+TARGET_P99_MS = 100.0  # end of DATA to the 250
 
 
 def count(url: str, sql: str) -> int:
@@ -238,7 +241,7 @@ def imap_end_to_end(backend: str, n: int) -> dict:
             "imap": n / (done - began)}
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smtp", type=int, default=5000, help="messages sent over SMTP")
     ap.add_argument("--imap", type=int, default=10000, help="messages in the IMAP backlog (0: skip)")
@@ -247,18 +250,20 @@ def main() -> None:
     ap.add_argument("--paced", type=float, metavar="RATE",
                     help="only a paced SMTP run at RATE msg/s: p50/p99 to the 250 at that rate")
     args = ap.parse_args()
+    targets = Targets("daemon")
+    backends = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    pct = bench_smtp.percentile
     if args.paced:
         raws = bench_smtp.load_messages(args.smtp)
-        for backend in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
+        for backend in backends:
             lat, e2e = smtp_paced(backend, raws, args.clients, args.paced)
-            pct = bench_smtp.percentile
             print(f"[{backend}] paced at {args.paced:.0f} msg/s: 250 p50 {pct(lat, 50) * 1e3:.1f} ms, "
                   f"p99 {pct(lat, 99) * 1e3:.1f} ms; tickets done at {e2e:.0f} msg/s")
-        return
-    backends = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+            targets.below(f"smtp p99 to the 250 at {args.paced:.0f} msg/s {backend}",
+                          pct(lat, 99) * 1e3, TARGET_P99_MS, " ms", digits=1)
+        return targets.exit_code()
     raws = bench_smtp.load_messages(args.smtp)
     mbox = bench_ingest.mailbox_of(args.smtp)
-    pct = bench_smtp.percentile
     print(f"daemon benchmark: {args.smtp} SMTP messages from {args.clients} clients, "
           f"{args.imap} IMAP messages, {os.cpu_count()} cores")
     for backend in backends:
@@ -277,23 +282,27 @@ def main() -> None:
               f"   p99 {pct(sink_lat, 99) * 1e3:5.1f} ms")
         print(f"  daemon, 250 received    {accept:7.0f} msg/s   p50 {pct(lat, 50) * 1e3:5.1f} ms"
               f"   p99 {pct(lat, 99) * 1e3:5.1f} ms")
-        print(f"  daemon, tickets done    {e2e:7.0f} msg/s   = {e2e / ingest:.2f} of ingest"
-              " (target >= 0.80)")
+        print(f"  daemon, tickets done    {e2e:7.0f} msg/s   = {e2e / ingest:.2f} of ingest")
         per = {k: v / args.smtp for k, v in cpu.items()}
         print(f"  CPU per message: edge {per['edge']:.2f} ms, worker {per['worker']:.2f} ms,"
               f" outbox {per['outbox']:.2f} ms (2 cores for clients and the three processes)")
         sent = acks["total"] - acks["unsent"]
         print(f"  acknowledgements        {acks['total']} queued, {sent} sent when the last ticket was"
               f" done, all sent {acks['all_sent']:.1f} s after the first message")
+        targets.at_least(f"smtp tickets/ingest {backend}", e2e / ingest, TARGET_RATE)
+        targets.below(f"smtp p99 to the 250 {backend}", pct(lat, 99) * 1e3, TARGET_P99_MS, " ms",
+                      digits=1)
         if args.imap:
             r = imap_end_to_end(backend, args.imap)
             print(f"[{backend}] IMAP backlog, {args.imap} messages")
             print(f"  bare fetch loop         {r['bare']:7.0f} msg/s")
             print(f"  ingest (reference)      {r['ingest']:7.0f} msg/s")
             print(f"  daemon, tickets done    {r['imap']:7.0f} msg/s   = {r['imap'] / r['ingest']:.2f} "
-                  "of ingest (target >= 0.80)")
+                  "of ingest")
+            targets.at_least(f"imap tickets/ingest {backend}", r["imap"] / r["ingest"], TARGET_RATE)
+    return targets.exit_code()
 
 
 if __name__ == "__main__":
     _ = threading  # the clients run in threads inside bench_smtp
-    main()
+    sys.exit(main())

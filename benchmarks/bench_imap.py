@@ -11,8 +11,11 @@ attachment), then measures, each in a fresh process so that peak memory is its o
   poller   ImapPoller.poll_once() draining the backlog into a SQLite inbox (fetch,
            commit with the last UID per batch, flag \\Seen)
 
-and prints messages per second, MB/s, peak RSS and poller/bare.  Peak RSS should
-not grow with --messages (the poller holds one batch at a time).
+and prints messages per second, MB/s, peak RSS and poller/bare.  Target: poller >=
+0.60 of bare, the bar of every edge and pipeline against its bare loop (bench_ingest,
+bench_smtp): what the poller adds to the fetch (storing the raw bytes, the last UID,
+\\Seen) is less work than the fetch itself (one `target` line; exit 3 if missed).
+Peak RSS should not grow with --messages (the poller holds one batch at a time).
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the private Dovecot of the tests
 sys.path.insert(0, str(ROOT))
+
+from targets import Targets  # noqa: E402
+
+TARGET = 0.60  # poller / bare, messages per second
 
 _VOCABULARY = ("printer invoice login password error server outage network account order "
                "delivery refund screen broken update install license backup email phone slow "
@@ -119,7 +126,7 @@ def run_phase(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=500, help="bare loop's UID FETCH batch")
@@ -135,7 +142,7 @@ def main() -> None:
         else:
             result = poller(host, int(port), user, password, args.db)
         print(json.dumps(result))
-        return
+        return 0
 
     from dovecot import Dovecot
 
@@ -156,9 +163,12 @@ def main() -> None:
         mbs = r["bytes"] / r["seconds"] / 1e6
         print(f"{name:<10}{r['messages']:>10}{rate:>10.0f}{mbs:>8.1f}{r['peak_rss_mb']:>8.0f} MB")
     ratio = (mine["messages"] / mine["seconds"]) / (base["messages"] / base["seconds"])
-    print(f"\npoller/bare = {ratio:.0%} (bare: UID FETCH in batches of {args.batch}, "
-          "stores nothing; poller: fetch, commit + last UID per batch of 200, flag \\Seen)")
+    print(f"\nbare: UID FETCH in batches of {args.batch}, stores nothing; "
+          "poller: fetch, commit + last UID per batch of 200, flag \\Seen")
+    targets = Targets("imap")
+    targets.at_least("poller/bare sqlite", ratio, TARGET)
+    return targets.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
