@@ -1,22 +1,26 @@
 """Deliver the outbox: build each queued message and hand it to a transport.
 
 Transports: `folder` (the default: one `.eml` file per message, so a new helpdesk
-sees its acknowledgements without a mail server) and `smtp` (a smarthost).  A
-temporary failure schedules a retry with exponential backoff; a permanent one, or
-too many attempts, makes the row `dead`.  Each attempt is recorded on the row.
+sees its acknowledgements without a mail server) and `smtp` (a smarthost, in
+`smarthost.py`).  Any failure of a row is an attempt, recorded on the row: a
+temporary one schedules a retry with exponential backoff; a permanent one, or too
+many attempts, makes the row `dead`.  A failure of the smarthost itself (connect,
+TLS, AUTH) is no row's: the pass stops, its rows go back unspent, and the transport
+backs off until the smarthost answers (`Delivery.transport_error` says why).
 
-A pass first claims the rows that are due (`claim`: state `sending` under a lease),
-so two daemons on one PostgreSQL database, or `outbox deliver` beside a daemon,
-never send the same row.  With the smarthost each row is marked `sent` right after
-its hand-over; with the folder transport, where writing a file again is harmless,
-the pass marks its rows together.
+A pass first claims the rows that are due (`claim`: state `sending` under a short
+lease that the pass renews while it runs), so two daemons on one PostgreSQL database,
+or `outbox deliver` beside a daemon, never send the same row; a daemon alone on its
+database hands back a killed predecessor's claims at start (`release_claims`).
+With the smarthost each row is marked `sent` right after its hand-over; with the
+folder transport, where writing a file again is harmless, the pass marks its rows
+together.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import smtplib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import charset as _charset
@@ -27,19 +31,12 @@ from email.utils import format_datetime, formataddr, getaddresses
 from pathlib import Path
 
 from . import models
-from .config import Config, Outgoing, read_secret
+from .config import Config, Outgoing
 from .db import writing
 from .models import Outbox, fn
+from .smarthost import Outage, PermanentFailure, SmtpTransport, TemporaryFailure, TransportFailure
 
 log = logging.getLogger(__name__)
-
-
-class TemporaryFailure(Exception):
-    """Try again later (4xx, connection refused, timeout)."""
-
-
-class PermanentFailure(Exception):
-    """Never try again (5xx, refused recipient)."""
 
 
 # Outgoing mail is built with the compat32 API: a third of the CPU of policy.SMTP for the
@@ -49,14 +46,18 @@ class PermanentFailure(Exception):
 _UTF8 = _charset.Charset("utf-8")
 _UTF8.header_encoding = _UTF8.body_encoding = _charset.QP
 _ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to"})
+_TEXT_HEADERS = frozenset({"subject", "thread-topic"})  # free text, from the customer's subject
 _WIRE = compat32.clone(linesep="\r\n")
+# A header line is at most 998 characters (RFC 5322 2.1.1); free text is capped well below.
+LINE_MAX = 998
+TEXT_MAX = 255
 
 
 def build(row: Outbox, now: datetime) -> bytes:
-    """The wire form of an outbox row."""
+    """The wire form of an outbox row; no header line over LINE_MAX, whatever the row holds."""
     body = row.body
     # 7bit when it can be (as most mail clients send it), else quoted-printable UTF-8.
-    plain = body.isascii() and all(len(line) <= 998 for line in body.split("\n"))
+    plain = body.isascii() and all(len(line) <= LINE_MAX for line in body.split("\n"))
     msg = MIMEText(body, "plain", "us-ascii" if plain else _UTF8)
     headers = dict(row.headers or {})
     _header(msg, "From", headers.pop("From", None) or row.mail_from)  # with the helpdesk's name
@@ -66,17 +67,30 @@ def build(row: Outbox, now: datetime) -> bytes:
     msg["Message-ID"] = row.message_id
     for name, value in headers.items():
         _header(msg, name, value)
-    return msg.as_bytes(policy=_WIRE)
+    data = msg.as_bytes(policy=_WIRE)
+    head = data[:data.find(b"\r\n\r\n")]
+    if any(len(line) > LINE_MAX for line in head.split(b"\r\n")):  # the last line of defence
+        raise PermanentFailure(f"a header line is over {LINE_MAX} characters (RFC 5322 2.1.1)")
+    return data
 
 
 def _header(msg: MIMEText, name: str, value: str) -> None:
+    if name.lower() in _TEXT_HEADERS and len(value) > TEXT_MAX:
+        value = value[:TEXT_MAX] + "..."  # ASCII: an ASCII subject stays readable raw
+    elif name.lower() not in _ADDRESS_HEADERS:
+        # An identifier that cannot be folded (a runaway Message-ID in References) is
+        # dropped, as RFC 5322 3.6.4 lets References be trimmed.
+        value = " ".join(word for word in value.split() if len(word) < LINE_MAX - len(name) - 2)
+        if not value:
+            return
     if value.isascii():
         msg[name] = value
     elif name.lower() in _ADDRESS_HEADERS:  # RFC 2047 for the names, never the addresses
-        try:
-            msg[name] = ", ".join(formataddr(pair, _UTF8) for pair in getaddresses([value]))
-        except UnicodeEncodeError:  # a UTF-8 address (RFC 6531): no encoding can carry it
-            msg[name] = value
+        pairs = getaddresses([value])
+        if all(address.isascii() for _, address in pairs):
+            msg[name] = ", ".join(formataddr(pair, _UTF8) for pair in pairs)
+        else:  # a UTF-8 address (RFC 6531/6532): raw UTF-8, sent only under SMTPUTF8
+            msg[name] = value.encode("utf-8").decode("ascii", "surrogateescape")
     else:
         msg[name] = Header(value, _UTF8, header_name=name)
 
@@ -87,6 +101,7 @@ class FolderTransport:
 
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
+        self.outage = Outage()  # never set: a file that cannot be written is the row's attempt
 
     def send(self, row: Outbox, data: bytes) -> None:
         name = f"{row.id:08d}-{row.kind}.eml"
@@ -102,49 +117,6 @@ class FolderTransport:
         pass
 
 
-class SmtpTransport:
-    """A smarthost over one kept-open connection (NOTES.md: 160/s against 1 per message)."""
-
-    idempotent = False  # each row is marked sent right after its hand-over
-
-    def __init__(self, cfg: Outgoing) -> None:
-        self.cfg = cfg
-        self.password = read_secret(cfg.password_env, cfg.password_file, "[outgoing]")
-        self.conn: smtplib.SMTP | None = None
-
-    def _connect(self) -> smtplib.SMTP:
-        if self.conn is None:
-            conn = smtplib.SMTP(self.cfg.host, self.cfg.port, timeout=30)
-            if self.cfg.starttls:
-                conn.starttls()
-            if self.cfg.username:
-                conn.login(self.cfg.username, self.password)
-            self.conn = conn
-        return self.conn
-
-    def send(self, row: Outbox, data: bytes) -> None:
-        try:
-            self._connect().sendmail(row.mail_from, [row.to_addr], data)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code = next(iter(exc.recipients.values()))[0]
-            raise (PermanentFailure if code >= 500 else TemporaryFailure)(str(exc)) from exc
-        except smtplib.SMTPResponseException as exc:
-            self.close()
-            raise (PermanentFailure if exc.smtp_code >= 500 else TemporaryFailure)(
-                f"{exc.smtp_code} {exc.smtp_error!r}") from exc
-        except (TimeoutError, smtplib.SMTPException, OSError) as exc:
-            self.close()
-            raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from exc
-
-    def close(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.quit()
-            except (smtplib.SMTPException, OSError):
-                pass
-            self.conn = None
-
-
 def transport_for(config: Config):
     if config.outgoing.transport == "smtp":
         return SmtpTransport(config.outgoing)
@@ -156,26 +128,65 @@ class Delivery:
     sent: int = 0
     retry: int = 0
     dead: int = 0
+    # Why the smarthost could not be used this pass (connect, TLS, AUTH), or None.
+    transport_error: str | None = None
 
 
-# A claimed row not marked within this long (its sender died) is taken again.
-LEASE = timedelta(minutes=10)
+# A claimed row not marked within this long (its sender died) is taken again; a pass
+# renews the claims it still holds every half lease.
+LEASE = timedelta(minutes=2)
+# The transport's own backoff (a smarthost down, refusing our login) stops growing here:
+# the queue waits for the smarthost however long it is away, and notices it soon.
+TRANSPORT_BACKOFF_MAX = timedelta(minutes=10)
 
 
-def backoff(attempts: int, base: int) -> timedelta:
-    """base, 2 base, 4 base, ... capped at six hours."""
-    return timedelta(seconds=min(base * 2 ** max(attempts - 1, 0), 6 * 3600))
+def backoff(attempts: int, base: int, cap: timedelta = timedelta(hours=6)) -> timedelta:
+    """base, 2 base, 4 base, ... capped (at six hours for a row)."""
+    return min(timedelta(seconds=base * 2 ** min(max(attempts - 1, 0), 30)), cap)
 
 
 def deliver_due(config: Config, clock, transport=None, limit: int = 500) -> Delivery:
-    """Send every row that is due now; return what happened."""
+    """Send every row that is due now; return what happened.
+
+    Every claimed row ends the pass sent, retrying, dead, or (when the smarthost itself
+    failed) back in the queue with its attempts unspent.
+    """
     own = transport is None
     transport = transport or transport_for(config)
+    outage = transport.outage
     done = Delivery()
-    marks: list[tuple[int, dict]] = []
     try:
-        for row in claim(clock.now(), limit):
-            mark = _attempt(row, config.outgoing, transport, clock, done)
+        if outage.retry_at and clock.now() < outage.retry_at:  # still backing off
+            done.transport_error = outage.error
+            return done
+        _deliver(claim(clock.now(), limit), config.outgoing, transport, clock, done)
+    finally:
+        if own:
+            transport.close()
+    return done
+
+
+def _deliver(rows: list[Outbox], cfg: Outgoing, transport, clock, done: Delivery) -> None:
+    marks: list[tuple[int, dict]] = []
+    leased = clock.now()
+    try:
+        for i, row in enumerate(rows):
+            if clock.now() - leased >= LEASE / 2:  # a long pass keeps what it claimed
+                leased = clock.now()
+                _renew([r.id for r in rows], leased + LEASE)
+            try:
+                mark = _attempt(row, cfg, transport, clock, done)
+            except TransportFailure as exc:  # not this row's fault: stop, put every row back
+                outage = transport.outage
+                outage.failures += 1
+                outage.retry_at = clock.now() + backoff(
+                    outage.failures, cfg.retry_base_seconds, TRANSPORT_BACKOFF_MAX)
+                outage.error = done.transport_error = str(exc)
+                log.warning("outbox: smarthost unusable: %s; %d message(s) wait until %s",
+                            exc, len(rows) - i, outage.retry_at.isoformat())
+                _put_back([r.id for r in rows[i:]], outage.retry_at)
+                return
+            transport.outage = Outage()  # the smarthost answered
             if transport.idempotent:
                 marks.append((row.id, mark))
             else:  # a crash must not send it twice: mark it before the next hand-over
@@ -186,9 +197,6 @@ def deliver_due(config: Config, clock, transport=None, limit: int = 500) -> Deli
             with writing(), models.database_proxy.atomic():
                 for row_id, mark in marks:
                     models.update(Outbox, row_id, mark)
-        if own:
-            transport.close()
-    return done
 
 
 def claim(now: datetime, limit: int) -> list[Outbox]:
@@ -197,7 +205,8 @@ def claim(now: datetime, limit: int) -> list[Outbox]:
     They become `sending` with a lease (`next_attempt_at` = now + LEASE): another
     daemon on the same PostgreSQL database (which skips rows being claimed) or an
     `outbox deliver` beside the daemon never takes them meanwhile.  A process that
-    dies while sending leaves them to be taken again once the lease is over.
+    dies while sending leaves them to be taken again once the lease is over (or at
+    once by `release_claims` when the next one starts).
     """
     due = ((Outbox.state.in_(("queued", "retry", "sending"))) & (Outbox.next_attempt_at <= now))
     query = Outbox.select(Outbox.id).where(due).order_by(Outbox.id).limit(limit)
@@ -212,25 +221,61 @@ def claim(now: datetime, limit: int) -> list[Outbox]:
     return list(Outbox.select().where(Outbox.id.in_(ids)).order_by(Outbox.id))
 
 
+def _renew(ids: list[int], until: datetime) -> None:
+    """Extend the lease of the claims this pass still holds (the rows not yet marked)."""
+    with writing():
+        Outbox.update(next_attempt_at=until).where(
+            Outbox.id.in_(ids) & (Outbox.state == "sending")).execute()
+
+
+def _put_back(ids: list[int] | None, when: datetime) -> int:
+    """Claimed rows back to `queued` (or `retry` once tried), due at `when`, attempts kept."""
+    claimed = Outbox.state == "sending"
+    if ids is not None:
+        claimed &= Outbox.id.in_(ids)
+    with writing(), models.database_proxy.atomic():
+        return sum(Outbox.update(state=state, next_attempt_at=when)
+                   .where(claimed & tried).execute()
+                   for state, tried in (("queued", Outbox.attempts == 0), ("retry", Outbox.attempts > 0)))
+
+
+def release_claims(now: datetime) -> int:
+    """Every `sending` row back in the queue, due now; the number of rows.
+
+    For a process that knows it is alone on its database (a daemon on SQLite, at
+    start): whatever a killed sender had claimed goes out now, not after its lease.
+    """
+    return _put_back(None, now)
+
+
 def _attempt(row: Outbox, cfg: Outgoing, transport, clock, done: Delivery) -> dict:
-    """Hand one row to the transport; the columns that record the attempt."""
+    """Hand one row to the transport; the columns that record the attempt.
+
+    Any exception but the transport's own is this row's attempt, recorded: a folder
+    that cannot be written, a message that cannot be built, a bug.  A row goes dead
+    on its own failures only.
+    """
     now = clock.now()
-    row.attempts += 1
     try:
         transport.send(row, build(row, now))
-    except TemporaryFailure as exc:
-        row.last_error = str(exc)[:1000]
-        if row.attempts >= cfg.max_attempts:
+    except TransportFailure:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded on the row, never lost
+        error: Exception | None = exc
+    else:
+        error = None
+    row.attempts += 1
+    if error is None:
+        row.state, row.sent_at, row.last_error = "sent", now, None
+        done.sent += 1
+    else:
+        ours = isinstance(error, (TemporaryFailure, PermanentFailure))
+        row.last_error = (str(error) if ours else f"{type(error).__name__}: {error}")[:1000]
+        if isinstance(error, PermanentFailure) or row.attempts >= cfg.max_attempts:
             row.state, done.dead = "dead", done.dead + 1
         else:
             row.state, done.retry = "retry", done.retry + 1
             row.next_attempt_at = now + backoff(row.attempts, cfg.retry_base_seconds)
-    except PermanentFailure as exc:
-        row.last_error = str(exc)[:1000]
-        row.state, done.dead = "dead", done.dead + 1
-    else:
-        row.state, row.sent_at, row.last_error = "sent", now, None
-        done.sent += 1
     log.info("outbox %s to %s: %s (attempt %d)", row.id, row.to_addr, row.state, row.attempts)
     return {"state": row.state, "attempts": row.attempts, "sent_at": row.sent_at,
             "last_error": row.last_error, "next_attempt_at": row.next_attempt_at}

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 from helpers import free_port
 
 from mailticket import outbox
@@ -19,28 +20,64 @@ from mailticket.notify import Rendered, queue
 class Sink:
     def __init__(self) -> None:
         self.received: list[bytes] = []
+        self.envelopes: list = []  # (mail_from, mail_options, rcpt_tos) of each accepted message
         self.reply: str | None = None  # an error reply to give instead of 250
+        self.refuse_connect = False  # greet with 421 and hang up
+        self.connections = 0
+        self.hung_up = 0  # connections closed after carrying a message
+        self.on_data = None  # called with the envelope before the reply (in the server's thread)
 
     async def handle_DATA(self, server, session, envelope):
+        if self.on_data:
+            self.on_data(envelope)
         if self.reply:
             return self.reply
         self.received.append(envelope.content)
+        session.carried = True
+        self.envelopes.append((envelope.mail_from, envelope.mail_options, envelope.rcpt_tos))
         return "250 OK"
 
 
+class FaultySMTP(SMTP):
+    """aiosmtpd's server, counting connections, that can greet them with 421."""
+
+    async def _handle_client(self) -> None:
+        sink = self.event_handler
+        sink.connections += 1
+        if sink.refuse_connect:
+            await self.push("421 4.3.2 Service not available, closing transmission channel")
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+    def connection_lost(self, error) -> None:
+        if getattr(self.session, "carried", False):
+            self.event_handler.hung_up += 1
+        super().connection_lost(error)
+
+
+class FaultyController(Controller):
+    def factory(self):
+        return FaultySMTP(self.handler, **self.SMTP_kwargs)
 
 
 class Smarthost:
-    """A real aiosmtpd server that a test can stop and start again on the same port."""
+    """A real aiosmtpd server that a test can stop and start again on the same port.
 
-    def __init__(self) -> None:
+    `options` go to aiosmtpd (tls_context, ssl_context, authenticator, enable_SMTPUTF8...).
+    """
+
+    def __init__(self, **options) -> None:
         self.sink = Sink()
         self.port = free_port()
+        self.options = options
         self.controller: Controller | None = None
 
     def start(self) -> None:
-        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port)
+        self.controller = FaultyController(self.sink, hostname="127.0.0.1", port=self.port,
+                                           **self.options)
         self.controller.start()
+        self.sink.connections = 0  # not the controller's own check
 
     def stop(self) -> None:
         if self.controller is not None:
@@ -89,22 +126,29 @@ def test_delivers_once_over_smtp(setup, smarthost):
     assert b"Auto-Submitted: auto-replied" in data and b"Message-ID: <x1@helpdesk.test>" in data
 
 
-def test_retries_while_down_then_delivers_with_backoff(setup, smarthost):
+def test_waits_while_down_then_delivers_with_backoff(setup, smarthost):
+    """A smarthost that is down is the transport's failure: the row waits, its attempts unspent."""
     clock = setup
     row_id = queue_one(clock)
     cfg = cfg_for(smarthost.port, max_attempts=5)
+    transport = outbox.transport_for(cfg)  # kept across passes, as the daemon keeps it
     smarthost.stop()
-    assert outbox.deliver_due(cfg, clock).retry == 1
+    done = outbox.deliver_due(cfg, clock, transport)
+    assert (done.sent, done.retry, done.dead) == (0, 0, 0) and "Connection" in done.transport_error
     row = Outbox.get_by_id(row_id)
-    assert row.state == "retry" and row.attempts == 1 and "Connection" in row.last_error
-    assert outbox.deliver_due(cfg, clock).retry == 0  # not due yet: backoff
+    assert row.state == "queued" and row.attempts == 0
+    assert row.next_attempt_at - clock.now() == outbox.backoff(1, 60)
+    assert outbox.deliver_due(cfg, clock, transport).transport_error  # not due yet: backoff
     clock.advance(seconds=61)
-    assert outbox.deliver_due(cfg, clock).retry == 1
+    outbox.deliver_due(cfg, clock, transport)
     assert Outbox.get_by_id(row_id).next_attempt_at - clock.now() == outbox.backoff(2, 60)
     smarthost.start()
     clock.advance(seconds=121)
-    assert outbox.deliver_due(cfg, clock).sent == 1
-    assert Outbox.get_by_id(row_id).state == "sent" and len(smarthost.received) == 1
+    done = outbox.deliver_due(cfg, clock, transport)
+    assert done.sent == 1 and done.transport_error is None
+    row = Outbox.get_by_id(row_id)
+    assert row.state == "sent" and row.attempts == 1 and len(smarthost.received) == 1
+    transport.close()
 
 
 def test_dead_after_the_limit_and_retry_command(setup, smarthost):
@@ -143,6 +187,7 @@ def test_a_row_is_sent_by_one_sender_even_when_two_deliver_at_once(setup):
 
         def __init__(self, name: str) -> None:
             self.name = name
+            self.outage = outbox.Outage()
 
         def send(self, row, data) -> None:
             sent.append((self.name, row.id))
