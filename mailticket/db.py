@@ -44,6 +44,10 @@ OperationalError = peewee.OperationalError
 DatabaseError = peewee.DatabaseError
 IntegrityError = peewee.IntegrityError
 
+# Errors of the database, not of the data: unavailable, locked, a lock timeout, the
+# connection lost.  Whoever meets one rolls back, waits and tries again (after
+# `reset_connection`); they never make a message bad mail.
+TRANSIENT_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 
 def open_database(url: str, *, migrate: bool = True) -> peewee.Database:
     """Connect to `url`, bind the models, and bring the schema up to date."""
@@ -82,30 +86,60 @@ def writing() -> Iterator[None]:
     beside the database first, trying again at most 2 ms apart, so the next writer
     starts almost as soon as the last one commits.  Past the busy timeout it raises
     OperationalError, as a locked SQLite does (SMTP answers 451).  Anything else (the
-    CLI) still works: it meets SQLite's own lock and waits as before.  A no-op on
-    PostgreSQL, which has row locks.
+    CLI) still works: it meets SQLite's own lock and waits as before.  On PostgreSQL,
+    which has row locks, there is no lock to take.
+
+    Every write of the daemon goes through here, so here a write that failed for the
+    database's sake drops the connection (`reset_connection`): the next one connects
+    afresh, whichever process or thread it is in.
     """
-    db = models.database_proxy.obj
-    path = getattr(db, "database", "") if isinstance(db, peewee.SqliteDatabase) else ""
-    if not path or path == ":memory:" or getattr(_writer, "depth", 0):
-        _writer.depth = getattr(_writer, "depth", 0) + 1
+    if getattr(_writer, "depth", 0):  # nested: the outermost holds the lock
+        _writer.depth += 1
         try:
             yield
         finally:
             _writer.depth -= 1
         return
-    if getattr(_writer, "path", None) != path:
-        if getattr(_writer, "fd", None) is not None:
-            os.close(_writer.fd)
-        _writer.fd = os.open(f"{path}.writer-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        _writer.path = path
-    _take(_writer.fd, dict(SQLITE_PRAGMAS)["busy_timeout"] / 1000)
+    db = models.database_proxy.obj
+    path = getattr(db, "database", "") if isinstance(db, peewee.SqliteDatabase) else ""
+    fd = _lock_file(path) if path and path != ":memory:" else None
+    if fd is not None:
+        _take(fd, dict(SQLITE_PRAGMAS)["busy_timeout"] / 1000)
     _writer.depth = 1
     try:
         yield
+    except TRANSIENT_ERRORS:
+        reset_connection()
+        raise
     finally:
         _writer.depth = 0
-        fcntl.flock(_writer.fd, fcntl.LOCK_UN)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _lock_file(path: str) -> int:
+    """This thread's descriptor of `path.writer-lock`, opened once.
+
+    The file is world-readable and may be opened read-only (flock needs no write
+    access): when root made it (`mailticket ingest` run by an admin), the service user
+    can still take the lock.  A file that cannot be opened at all is a StorageError
+    naming it, so the edges answer 451 and `ingest` exits 75.
+    """
+    if getattr(_writer, "path", None) == path:
+        return _writer.fd
+    if getattr(_writer, "fd", None) is not None:
+        os.close(_writer.fd)
+        _writer.fd = _writer.path = None
+    lock = f"{path}.writer-lock"
+    try:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except PermissionError:  # another user's file, readable to us
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageError(f"cannot open the writer lock {lock}: {exc.strerror}") from None
+    _writer.fd, _writer.path = fd, path
+    return fd
 
 
 def _take(fd: int, timeout: float) -> None:
@@ -122,6 +156,37 @@ def _take(fd: int, timeout: float) -> None:
             wait = min(wait * 2, longest)
 
 
+def reset_connection() -> None:
+    """Drop this thread's connection after a transient error: the next query connects again.
+
+    peewee keeps a connection that the server closed (an outage, a restart, an admin's
+    pg_terminate_backend) as if it were open, and every later query fails with
+    "connection already closed" until it is closed and opened anew.  Inside a
+    transaction nothing is dropped: the caller's rollback comes first, and the
+    outermost `writing` (or the caller's loop) calls this again after it.
+    """
+    db = models.database_proxy.obj
+    if db is None or db.in_transaction():
+        return
+    with contextlib.suppress(Exception):  # it is broken already: forgetting it is all we want
+        db.close()
+
+
+def check() -> str | None:
+    """Ask the database a trivial question on a connection of this thread, then close it.
+
+    None when it answered, else why not, on one line (for /healthz: each request runs
+    in a thread of its own, which must not leave a connection behind).
+    """
+    db = models.database_proxy
+    try:
+        db.execute_sql("SELECT 1")
+        return None
+    except (*TRANSIENT_ERRORS, DatabaseError) as exc:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    finally:
+        reset_connection()
+
 def redact(url: str) -> str:
     """The URL without its password, for messages and logs."""
     if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
@@ -135,7 +200,21 @@ def _v1(db: peewee.Database) -> None:
     db.create_tables(models.ALL_MODELS)
 
 
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1]
+def _v2(db: peewee.Database) -> None:
+    """Outbox.to_domain (the per-domain automatic-mail limit), its indexes, and the
+    Bounced table.  A database made by a newer `_v1` (which creates the current models)
+    has them already: every part is skipped when present."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    if "to_domain" not in {c.name for c in db.get_columns("outbox")}:
+        migrate(SchemaMigrator.from_database(db).add_column("outbox", "to_domain", models.Outbox.to_domain))
+        # The domain of recent rows, so that the limit holds across the upgrade.
+        at = "instr(to_addr, '@')" if isinstance(db, peewee.SqliteDatabase) else "strpos(to_addr, '@')"
+        db.execute_sql(f"UPDATE outbox SET to_domain = lower(substr(to_addr, {at} + 1)) WHERE {at} > 0")
+    db.create_tables([models.Outbox, models.Bounced], safe=True)  # missing tables and indexes
+
+
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

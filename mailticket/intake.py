@@ -8,9 +8,12 @@ committed) and only then answers 250, flags the IMAP message or exits 0.  The
 For speed the worker commits a batch of messages in one transaction, each inside
 a savepoint of its own: a message whose pipeline raises is rolled back to its
 savepoint alone and parked in quarantine with the step and the reason, and the
-rest of the batch commits with it.  If the commit itself fails (the database went
-away), every row of the batch is still `pending` and is taken again next time:
-nothing is kept only in memory.  `requeue` puts quarantined rows back to pending.
+rest of the batch commits with it.  An error of the database rather than of the
+message (unavailable, locked, a lock timeout, the connection lost: `TRANSIENT_ERRORS`),
+in a step or in the commit, quarantines nothing: the whole batch rolls back, every
+row of it is still `pending`, and `run_pending` raises StorageError for the caller
+to wait and try again.  Nothing is kept only in memory.  `requeue` puts quarantined
+rows back to pending.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from . import models
-from .db import DatabaseError, writing
+from .db import TRANSIENT_ERRORS, DatabaseError, writing
 from .errors import StorageError
 from .models import Inbox, SqliteDatabase, database_proxy
 from .pipeline import Pipeline, Quarantine, Result, StepFailed
@@ -46,17 +49,34 @@ def store_many(items: Iterable[Incoming], *, now) -> list[int]:
     accept them (SMTP 451, IMAP leaves them unflagged, ingest exits 75).
     """
     db = database_proxy
-    try:
-        with writing(), db.atomic():
-            return [
-                models.insert(Inbox, dict(
-                    received_at=now, source=i.source, mailbox=i.mailbox, queue=i.queue,
-                    raw=i.raw, state="pending", silent=i.silent,
-                ))
-                for i in items
-            ]
-    except DatabaseError as exc:
-        raise StorageError(f"could not store the message: {exc}") from exc
+    items = list(items)
+    # The first store after an outage meets the connection the server closed (`writing`
+    # drops it): once more on a new connection before the caller answers 451.  Not
+    # inside the caller's transaction (IMAP), nor on SQLite, whose connection is never
+    # lost: there a second try would only double a lock's wait.
+    again = not isinstance(db.obj, SqliteDatabase) and not db.in_transaction()
+    while True:
+        try:
+            with writing(), db.atomic():
+                return [
+                    models.insert(Inbox, dict(
+                        received_at=now, source=i.source, mailbox=i.mailbox, queue=i.queue,
+                        raw=i.raw, state="pending", silent=i.silent,
+                    ))
+                    for i in items
+                ]
+        except TRANSIENT_ERRORS as exc:
+            if again:
+                again = False
+                continue
+            raise StorageError(f"could not store the message: {_line(exc)}") from exc
+        except DatabaseError as exc:
+            raise StorageError(f"could not store the message: {_line(exc)}") from exc
+
+
+def _line(exc: BaseException) -> str:
+    """A database error on one line (PostgreSQL's span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class Worker:
@@ -68,7 +88,11 @@ class Worker:
 
     def run_pending(self, ids: list[int] | None = None,
                     on_result: Callable[[Result], None] | None = None) -> list[Result]:
-        """Process pending rows (only `ids`, when given) until none is left."""
+        """Process pending rows (only `ids`, when given) until none is left.
+
+        Raises StorageError when the database failed (the rows of the failed batch stay
+        pending; those of earlier batches are committed): wait, and call it again.
+        """
         results: list[Result] = []
         last_id, full = 0, True
         while full:  # a batch that was not full took every row that was pending
@@ -92,6 +116,13 @@ class Worker:
         """Take the next pending rows and process them in one transaction.
 
         Returns the results, the last id taken, and whether the batch was full."""
+        try:
+            return self._process_batch(ids, after)
+        except TRANSIENT_ERRORS as exc:
+            raise StorageError(f"the database failed; the inbox rows stay pending: {_line(exc)}"
+                               ) from exc
+
+    def _process_batch(self, ids: list[int] | None, after: int) -> tuple[list[Result], int, bool]:
         db = database_proxy
         pipeline = self.pipeline  # one pipeline per batch, even if a reload swaps it meanwhile
         out: list[Result] = []
@@ -122,6 +153,8 @@ class Worker:
                     with db.atomic():  # a savepoint: a failure undoes this message only
                         out.append(pipeline.run(row, parsed.get(row.id)))
                 except StepFailed as failed:
+                    if isinstance(failed.cause, TRANSIENT_ERRORS):
+                        raise failed.cause from None  # not this message's fault: undo the batch
                     out.append(self._quarantine(row, failed))
         return out, (rows[-1].id if rows else after), len(rows) == self.batch
 

@@ -43,6 +43,15 @@ class Metrics:
         self.deliveries = Counter(
             "mailticket_deliveries_total", "Messages delivered", registry=self.registry
         )
+        self.transport_up = Gauge(
+            "mailticket_outbox_transport_up",
+            "1 when the last delivery pass could use its transport (the smarthost answered), else 0",
+            registry=self.registry,
+        )
+        self.restarts = Counter(
+            "mailticket_process_restarts_total", "Child processes started again after they died",
+            ["process"], registry=self.registry,
+        )
         self.latency = Histogram(
             "mailticket_pipeline_seconds", "Time from receipt to commit of a processed message",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
@@ -65,7 +74,10 @@ class HttpEndpoint:
                 if self.path.startswith("/metrics"):
                     body, ctype, code = metrics_ref.render(), CONTENT_TYPE_LATEST, 200
                 elif self.path.startswith("/healthz"):
-                    ok, detail = health_ref()
+                    try:
+                        ok, detail = health_ref()
+                    except Exception as exc:  # noqa: BLE001 - a health check that fails is a 503
+                        ok, detail = False, {"error": f"{type(exc).__name__}: {exc}"}
                     body = json.dumps({"ok": ok, **detail}).encode()
                     ctype, code = "application/json", 200 if ok else 503
                 else:

@@ -8,6 +8,10 @@ when the commit fails it answers 451 so the sender retries later.  Parsing,
 threading and replies happen afterwards, in the worker that `on_stored(inbox_id)`
 wakes.
 
+It also holds its own under abuse (RFC 5321 4.5.3.2, 3.8): a limit on clients at
+once, overall and per address (`smtp_limits`), 421 and close for an idle or trickling
+client and after too many refused recipients, and a log that a flood cannot grow.
+
 Commits block, so they run in store threads (`Writer`): a slow commit never
 stalls the event loop and the other clients.  peewee keeps one connection per
 thread; a failed commit drops it, so the next one reconnects (a restarted
@@ -34,7 +38,7 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
-from . import intake
+from . import intake, smtp_limits
 from .config import Config
 from .errors import ConfigError, StorageError
 from .models import database_proxy
@@ -48,6 +52,11 @@ OK_MAIL_250 = "250 2.1.0 OK"
 OK_RCPT_250 = "250 2.1.5 OK"
 OK_250 = "250 2.0.0 OK: queued as {inbox_id}"
 ERR_421 = "421 4.3.2 Service shutting down, try again later"
+# A 421 closes the connection (RFC 5321 3.8); these say why, so the sender's log does.
+ERR_421_BUSY = "421 4.3.2 Too many connections, try again later"
+ERR_421_ADDRESS = "421 4.7.0 Too many connections from your address, try again later"
+ERR_421_TIMEOUT = "421 4.4.2 Timeout waiting for the client, closing connection"
+ERR_421_RCPTS = "421 4.7.0 Too many refused recipients, closing connection"
 ERR_451 = "451 4.3.0 Could not store the message, try again later"
 ERR_550 = "550 5.1.1 <{address}>: recipient not accepted here"
 ERR_552 = "552 5.3.4 Message exceeds the maximum size"
@@ -57,6 +66,13 @@ ERR_552 = "552 5.3.4 Message exceeds the maximum size"
 # commits up to BATCH waiting messages at once (benchmarks/bench_smtp.py).
 WRITERS = {"sqlite": 1, "postgresql": 2}
 BATCH = 64
+
+# Refused recipients one session may try before it is closed (a dictionary attack).
+MAX_REFUSED_RCPTS = 10
+# DATA must average this many bytes a second after its first idle_timeout seconds, or
+# the client gets 421: a trickle cannot hold a connection for ever (Postfix's
+# smtpd_min_data_rate has the same default).
+MIN_DATA_RATE = 500
 
 _END_OF_DATA = b"\r\n.\r\n"
 _BLOCK = 1 << 20  # read whatever the connection holds, up to this much at a time
@@ -89,7 +105,13 @@ class Handler:
                           address: str, rcpt_options: list[str]) -> str:
         # Only our own addresses and domains: anything else would make us an open relay.
         if not self.config.accepts(address):
-            log.info("refused recipient <%s> from %s", address, _ip(session))
+            server.refused_rcpts += 1
+            if server.refused_rcpts > MAX_REFUSED_RCPTS:
+                log.warning("closed a session from %s after %d refused recipients", _ip(session),
+                            MAX_REFUSED_RCPTS)
+                return ERR_421_RCPTS
+            if server.refused_rcpts == 1:  # once a session: a dictionary attack is one line
+                log.info("refused recipient <%s> from %s", address, _ip(session))
             return ERR_550.format(address=address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -177,7 +199,7 @@ class BulkData:
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            content = await self._read_data()
+            content = await self._read_data(self.loop.time())
         except asyncio.CancelledError:  # the connection was lost during DATA
             log.info("connection lost during DATA")
             self._writer.close()
@@ -191,7 +213,7 @@ class BulkData:
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
 
-    async def _read_data(self) -> bytes | None:
+    async def _read_data(self, started: float) -> bytes | None:
         """The message up to the lone dot, unstuffed; None when it is over the size limit."""
         reader, limit = self._reader, self.data_size_limit
         # Starting with the DATA line's CRLF makes the first line like any other: a lone
@@ -204,6 +226,7 @@ class BulkData:
             if not block:  # the client went away (aiosmtpd usually cancels us first)
                 raise asyncio.CancelledError
             buf += block
+            self._keep_pace(started, dropped + len(buf))
             end = buf.find(_END_OF_DATA, start)
             if end >= 0:
                 break
@@ -221,12 +244,66 @@ class BulkData:
             return None
         return bytes(buf).replace(b"\r\n.", b"\r\n")[2:]
 
+    def _keep_pace(self, started: float, received: int) -> None:
+        """Restart the idle timer after a block, but never past the minimum-rate deadline.
 
-class _Smtp(BulkData, SMTP):
+        aiosmtpd restarts it only on a command, so without this a message that takes
+        longer than idle_timeout to arrive would be cut however fast it comes, and a
+        silent client would not be told (Guard._timeout_cb).
+        """
+        deadline = started + self._timeout_duration + received / MIN_DATA_RATE
+        self._reset_timeout(max(min(self._timeout_duration, deadline - self.loop.time()), 0.001))
+
+
+class Guard:
+    """A connection's limits: how many at once, idle and slow clients, and 421 closes.
+
+    The connection is counted before aiosmtpd sees it; past a limit the client gets 421
+    instead of the greeting (RFC 5321 3.1) and is closed, so it holds a file for a moment
+    only.  Every 421 closes the connection (RFC 5321 3.8), and a client that times out
+    (aiosmtpd's `timeout`, RFC 5321 4.5.3.2) is told so instead of being dropped.
+    """
+
+    limits: smtp_limits.ConnectionLimits  # set by the Listener for each connection
+    admitted: str | None = None  # the client address counted in `limits`
+    refused_rcpts = 0  # in this connection (Handler.handle_RCPT)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._original_transport is None:  # not the TLS layer after STARTTLS (RFC 3207)
+            ip = str(transport.get_extra_info("peername")[0])
+            if limit := self.limits.admit(ip):
+                transport.write(_REFUSED[limit].encode() + b"\r\n")
+                transport.close()
+                return
+            self.admitted = ip
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.admitted is None:  # refused at connect: aiosmtpd never knew of it
+            return
+        self.limits.release(self.admitted)
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        log.info("%s: timed out, answered 421 and closed", self.admitted)
+        if self.transport is not None:
+            self.transport.write(ERR_421_TIMEOUT.encode() + b"\r\n")
+        super()._timeout_cb()  # closes the connection
+
+    async def push(self, status: str | bytes) -> None:
+        await super().push(status)
+        if isinstance(status, str) and status.startswith("421") and self.transport is not None:
+            self.transport.close()  # RFC 5321 3.8: 421 closes the transmission channel
+
+
+_REFUSED = {"total": ERR_421_BUSY, "address": ERR_421_ADDRESS}
+
+
+class _Smtp(Guard, BulkData, SMTP):
     pass
 
 
-class _Lmtp(BulkData, LMTP):
+class _Lmtp(Guard, BulkData, LMTP):
     pass
 
 
@@ -315,7 +392,10 @@ class Listener:
             "data_size_limit": smtp.max_size or None,  # RFC 1870 SIZE; 0 means no limit
             "enable_SMTPUTF8": True, "hostname": hostname, "ident": "mailticket",
             "tls_context": tls_context, "require_starttls": False,  # RFC 3207
+            "timeout": smtp.idle_timeout,
         }
+        self.limits = smtp_limits.ConnectionLimits(
+            smtp_limits.fit_open_files(smtp.max_connections), smtp.max_connections_per_ip, clock)
         self.loop = asyncio.new_event_loop()
         self.sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self.server: asyncio.AbstractServer | None = None
@@ -323,6 +403,7 @@ class Listener:
 
     def _session(self) -> SMTP:
         session = self.protocol(self.handler, loop=self.loop, **self.kwargs)
+        session.limits = self.limits
         self.sessions.add(session)
         return session
 

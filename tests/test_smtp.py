@@ -222,7 +222,7 @@ def test_writer_lock_is_reentrant_and_excludes_other_threads(serve, tmp_path):
     assert order == ["inner", "outer", "other"]
 
 
-def test_postgresql_restart_gets_451_then_reconnects(serve, pg_url):
+def test_postgresql_restart_reconnects_without_a_451(serve, pg_url):
     import psycopg2
 
     server = serve(pg_url, writers=1)
@@ -238,12 +238,11 @@ def test_postgresql_restart_gets_451_then_reconnects(serve, pg_url):
                         "datname = current_database() AND pid NOT IN (pg_backend_pid(), %s)",
                         (own_pid,))
         admin.close()
-        with pytest.raises(smtplib.SMTPDataError) as failed:
-            s.sendmail(SENDER, [HELPDESK], mail())
-        assert failed.value.smtp_code == 451
-        # The store thread dropped its dead connection: the retry reconnects.
+        # The store thread meets its dead connection, drops it and stores on a new one:
+        # the first message after the restart gets its 250, not a 451.
         assert s.sendmail(SENDER, [HELPDESK], mail()) == {}
-    assert len(rows()) == 2
+        assert s.sendmail(SENDER, [HELPDESK], mail()) == {}
+    assert len(rows()) == 3
     Inbox.delete().execute()
 
 
@@ -429,9 +428,12 @@ def read_data(pieces: list[bytes], limit: int | None = None) -> tuple[bytes | No
             self._reader = asyncio.StreamReader()
             self.data_size_limit = limit
 
+        def _keep_pace(self, started: float, received: int) -> None:
+            pass  # the timers are tested over real connections in test_smtp_limits.py
+
     async def run() -> tuple[bytes | None, bytes]:
         session = Session()
-        task = asyncio.ensure_future(session._read_data())
+        task = asyncio.ensure_future(session._read_data(0.0))
         for piece in pieces:
             await asyncio.sleep(0)  # one loop step: the reader takes each piece as a block
             session._reader.feed_data(piece)
