@@ -179,6 +179,22 @@ def test_mbox_and_maildir_and_stdin(helpdesk, tmp_path):
     assert helpdesk.show(5)["subject"] == "stdin"
 
 
+def test_mbox_from_line_sender_becomes_return_path(helpdesk, tmp_path):
+    box = mailbox.mbox(tmp_path / "in.mbox")
+    delivered = mailbox.mboxMessage(mail(subject="delivered"))
+    delivered.set_from("bob@customer.test", (2026, 3, 2, 10, 0, 0, 0, 61, 0))
+    box.add(delivered)
+    box.add(mail(subject="saved"))  # Python's mailbox writes "From MAILER-DAEMON ...": no sender
+    box.close()
+    res = helpdesk.cli("ingest", "--json", str(tmp_path / "in.mbox"))
+    assert [json.loads(x)["outcome"] for x in res.output.splitlines()] == ["created"] * 2
+    first = helpdesk.cli("quarantine", "show", "--raw", "1").stdout_bytes
+    second = helpdesk.cli("quarantine", "show", "--raw", "2").stdout_bytes
+    assert first.startswith(b"Return-Path: <bob@customer.test>\n")
+    assert b"Return-Path" not in second and not second.startswith(b"From ")
+    assert len(helpdesk.outbox()) == 2  # both acknowledged: the placeholder is not <>
+
+
 def test_broken_message_is_a_ticket_or_quarantined_never_a_crash(helpdesk):
     junk = [b"", b"\x00\xff garbage", b"Subject: =?x-unknown?q?caf=E9?=\r\n\r\n\xe9t\xe9\r\n",
             b"From: <>\r\nContent-Type: multipart/mixed; boundary=X\r\n\r\n--X\r\nbroken"]
