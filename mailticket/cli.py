@@ -2,12 +2,15 @@
 
 Errors a user can fix become one clear line (`click.ClickException`), never a
 traceback.  `--json` output is for scripts and is a contract (DESIGN.md section 4).
-Exit code 75 (EX_TEMPFAIL) tells an MTA to retry later.
+Exit code 75 (EX_TEMPFAIL) tells an MTA to retry later, 67 (EX_NOUSER) that the
+recipient is unknown (`ingest`, docs/deploy.md).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import logging.handlers
 import mailbox
 import os
 import shutil
@@ -18,12 +21,14 @@ from pathlib import Path
 
 import click
 
-from . import __version__, intake, outbox, tickets
+from . import __version__, envelope, intake, outbox, tickets
 from .app import App, load_config, missing_templates, open_app
 from .config import DEFAULT_PATH
 from .errors import MailticketError, RulesError, StorageError
 from .intake import Incoming
 from .rules import check_rules, load_rules
+
+log = logging.getLogger(__name__)
 
 EX_TEMPFAIL = 75
 SAMPLE_RULES = Path(__file__).resolve().parent.parent / "rules"
@@ -225,15 +230,70 @@ def run(obj: Ctx) -> None:
 
 # --- ingest ------------------------------------------------------------------------------
 
+EX_NOUSER = 67  # sysexits.h: an MTA bounces the message as "user unknown" (5.1.1)
+SYSLOG_SOCKET = "/dev/log"
+
+
+class NotOurs(click.ClickException):
+    """A --recipient that is not ours: exit 67, so that an MTA bounces it as unknown."""
+
+    exit_code = EX_NOUSER
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """`text` on one short line: an MTA puts a pipe command's output in its bounce and log."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class IngestCommand(click.Command):
+    """`ingest`: from a pipe (-) a usage error is 75 in one line, as every error before the
+    store is: an MTA bounces any status it does not know, so a typo in its pipe command
+    would bounce every message until someone noticed."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        pipe = "-" in args
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            if not pipe:
+                raise
+            raise TryLater(one_line(exc.format_message())) from None
+
+
+def log_for_pipe() -> None:
+    """Send the logs of an MTA pipe to syslog (facility mail, beside the MTA's own).
+
+    Postfix puts a failed command's output in the bounce it mails to the sender and in
+    its log (pipe(8)): stderr gets one line of ours at most, never a traceback.  With
+    no syslog socket the log is dropped; the inbox row keeps the state and the reason.
+    """
+    root = logging.getLogger()
+    if any(getattr(h, "mailticket_pipe", False) for h in root.handlers):
+        return
+    handler: logging.Handler = logging.NullHandler()
+    if os.path.exists(SYSLOG_SOCKET):
+        try:
+            handler = logging.handlers.SysLogHandler(
+                SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_MAIL)
+            handler.setFormatter(logging.Formatter("mailticket[%(process)d]: %(name)s: %(message)s"))
+        except OSError:
+            pass
+    handler.mailticket_pipe = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    logging.captureWarnings(True)  # a library's warning is a log line too, not stderr
+    logging.raiseExceptions = False  # a syslog that went away: no "Logging error" trace
+
 
 def read_inputs(paths: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
-    """(where, raw bytes) for every message in .eml files, mboxes, Maildirs and stdin."""
+    """(where, raw bytes) for every message in .eml files, mboxes, Maildirs and stdin.
+
+    The envelope sender of stdin (an MTA's From_ line or Return-Path) and of an mbox's
+    From_ lines becomes the topmost Return-Path header (envelope.py).
+    """
     for p in paths:
         if p == "-":
-            data = sys.stdin.buffer.read()
-            if data.startswith(b"From "):  # an MTA's envelope line (Postfix pipe flag F)
-                data = data.split(b"\n", 1)[1] if b"\n" in data else b""
-            yield "-", data
+            yield "-", envelope.from_pipe(sys.stdin.buffer.read())
             continue
         path = Path(p)
         if path.is_dir():
@@ -249,7 +309,7 @@ def read_inputs(paths: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
             box = mailbox.mbox(path, factory=None, create=False)
             try:
                 for n, key in enumerate(box.iterkeys()):
-                    yield f"{p}#{n + 1}", box.get_bytes(key, from_=False)
+                    yield f"{p}#{n + 1}", envelope.from_mbox(box.get_bytes(key, from_=True))
             finally:
                 box.close()
         else:
@@ -273,13 +333,41 @@ def count_inputs(paths: tuple[str, ...]) -> int | None:
     return total
 
 
-@main.command()
+def open_for_ingest(obj: Ctx, recipients: tuple[str, ...], pipe: bool) -> App:
+    """The helpdesk, ready to store: exit 67 for a recipient not ours, 75 when it cannot open.
+
+    From a pipe every failure before the store is 75 in one line, a user's error too
+    (no configuration file, broken rules): the MTA keeps the mail until it is fixed,
+    where any other status would bounce it to the sender.
+    """
+    try:
+        config = obj.config
+        for rcpt in recipients:
+            if not config.accepts(rcpt):  # the listener's RCPT rule: never an open relay
+                raise NotOurs(f"<{one_line(rcpt.strip('<> '), 100)}>: recipient not accepted here")
+        return obj.app()
+    except NotOurs:
+        raise
+    except click.ClickException as exc:
+        if pipe or isinstance(exc, TryLater):
+            raise TryLater(one_line(exc.message)) from None
+        raise
+    except Exception as exc:  # a bug or a broken system, before anything was stored
+        log.exception("ingest: could not open the helpdesk")
+        raise TryLater(one_line(f"{type(exc).__name__}: {exc}; try again later")) from None
+
+
+@main.command(cls=IngestCommand)
 @click.argument("paths", nargs=-1, required=True)
 @json_option
 @click.option("--batch", default=100, show_default=True,
               help="Messages stored and processed per transaction.")
+@click.option("--recipient", "recipients", multiple=True, metavar="ADDRESS",
+              help="The envelope recipient, as an MTA pipe passes it (repeatable): stored as "
+                   "the message's mailbox; exit 67 when it is not ours.")
 @click.pass_obj
-def ingest(obj: Ctx, paths: tuple[str, ...], as_json: bool, batch: int) -> None:
+def ingest(obj: Ctx, paths: tuple[str, ...], as_json: bool, batch: int,
+           recipients: tuple[str, ...]) -> None:
     """Store and process messages from .eml files, mboxes, Maildirs or - (stdin).
 
     Each message is first committed to the durable inbox, then run through the
@@ -287,16 +375,27 @@ def ingest(obj: Ctx, paths: tuple[str, ...], as_json: bool, batch: int) -> None:
     {"message_id", "outcome", "ticket", "reason"}; outcome is one of created,
     appended, duplicate, suppressed, bounce, quarantined.
 
-    Exit status: 0 when every message was stored (quarantine counts as stored),
-    75 when one could not be stored, so that an MTA retries later.
+    The envelope sender (the From_ line or Return-Path an MTA pipe puts first, an
+    mbox's From_ lines) is kept as the message's topmost Return-Path header.
+
+    Exit status: 0 when every message was stored (quarantine counts as stored, and so
+    does a message whose processing failed: it stays pending for the daemon), 67 when
+    a --recipient is not ours (nothing is stored), 75 when a message could not be
+    stored, so that an MTA retries later.  From - (an MTA pipe) any failure before the
+    store is 75, and stderr gets one line, never a traceback.
     """
+    pipe = "-" in paths
+    if pipe:
+        log_for_pipe()
     for p in paths:
         if p != "-" and not Path(p).exists():
             raise click.BadParameter(f"{p}: no such file or folder", param_hint="PATHS")
-    app = obj.app()
+    app = open_for_ingest(obj, recipients, pipe)
     app.worker.batch = batch
+    rcpt = recipients[0].strip().strip("<>")[:255] if recipients else None  # as the listener
     counts: Counter[str] = Counter()
-    failed = 0
+    not_stored = waiting = 0
+    why = ""  # the first failure, for the one line on stderr
     show_bar = not as_json and sys.stderr.isatty()
     total = count_inputs(paths) if show_bar else None
     results: list = []
@@ -313,23 +412,44 @@ def ingest(obj: Ctx, paths: tuple[str, ...], as_json: bool, batch: int) -> None:
         pending: list[Incoming] = []
 
         def flush() -> None:
-            nonlocal failed
+            nonlocal not_stored, waiting, why
+            n = len(pending)
             try:
                 ids = intake.store_many(pending, now=app.clock.now())
-            except StorageError as exc:
-                click.echo(f"mailticket: {exc}", err=True)
-                failed += len(pending)
+            except Exception as exc:  # StorageError, or a lock file that cannot be opened
+                ours = isinstance(exc, MailticketError)
+                if not ours:
+                    log.exception("ingest: %d message(s) not stored", n)
+                not_stored += n
+                why = why or (str(exc) if ours else f"{type(exc).__name__}: {exc}")
                 pending.clear()
                 return
-            n = len(pending)
             pending.clear()
-            app.worker.run_pending(ids=ids, on_result=report)
+            # Stored: from here on nothing may fail the command, or an MTA would deliver
+            # the message twice (75) or bounce it (any other status).  A row whose run
+            # did not commit stays pending, and the daemon's worker takes it later.
+            done = sum(counts.values())
+            try:
+                app.worker.run_pending(ids=ids, on_result=report)
+            except Exception as exc:
+                left = n - (sum(counts.values()) - done)
+                log.error("inbox %s: stored; %d left pending, not processed: %s",
+                          ",".join(map(str, ids)), left, exc, exc_info=True)
+                waiting += left
+                why = why or f"{type(exc).__name__}: {exc}"
             bar.update(n)
 
-        for _where, raw in read_inputs(paths):
-            pending.append(Incoming(raw, "ingest"))
-            if len(pending) >= batch:
-                flush()
+        try:
+            for _where, raw in read_inputs(paths):
+                pending.append(Incoming(raw, "ingest", mailbox=rcpt))
+                if len(pending) >= batch:
+                    flush()
+        except click.ClickException:
+            raise
+        except Exception as exc:  # an unreadable input: what was not read is not stored
+            log.exception("ingest: could not read the input")
+            not_stored += 1
+            why = why or f"{type(exc).__name__}: {exc}"
         if pending:
             flush()
     if not as_json:
@@ -338,10 +458,15 @@ def ingest(obj: Ctx, paths: tuple[str, ...], as_json: bool, batch: int) -> None:
                 where = f"#{r.ticket}" if r.ticket else "-"
                 click.echo(f"{r.outcome:<11} {where:<7} {r.message_id or '(no Message-ID)'}"
                            + (f"  ({r.reason})" if r.reason else ""))
-        click.echo(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no messages")
-    if failed:
-        click.echo(f"mailticket: {failed} message(s) could not be stored; try again later", err=True)
+        if counts or not (not_stored or waiting):
+            click.echo(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no messages")
+    if not_stored:
+        click.echo(one_line(f"mailticket: {not_stored} message(s) not stored, try again "
+                            f"later: {why}"), err=True)
         sys.exit(EX_TEMPFAIL)
+    if waiting:
+        click.echo(one_line(f"mailticket: {waiting} message(s) stored, processing deferred "
+                            f"(the daemon takes them): {why}"), err=True)
 
 
 # --- tickets -----------------------------------------------------------------------------
@@ -409,8 +534,9 @@ def outbox_group() -> None:
 
 
 @outbox_group.command("list")
-@click.option("--state", type=click.Choice(["queued", "sending", "sent", "retry", "dead"]))
-@click.option("--limit", default=50, show_default=True)
+@click.option("--state", type=click.Choice(["queued", "sending", "sent", "retry", "dead"]),
+              help="Only messages in this state (sending: claimed by a sender right now).")
+@click.option("--limit", default=50, show_default=True, help="At most this many messages.")
 @json_option
 @click.pass_obj
 def outbox_list(obj: Ctx, state, limit, as_json) -> None:
@@ -427,10 +553,17 @@ def outbox_list(obj: Ctx, state, limit, as_json) -> None:
 @outbox_group.command("deliver")
 @click.pass_obj
 def outbox_deliver(obj: Ctx) -> None:
-    """Deliver every message that is due, once, and report."""
+    """Deliver every message that is due, once, and report.
+
+    Exit 75 when the smarthost could not be used (connect, TLS, login): the messages
+    wait in the queue, their attempts unspent.
+    """
     app = obj.app(processing=False)
     done = outbox.deliver_due(app.config, app.clock)
     click.echo(f"{done.sent} sent, {done.retry} to retry, {done.dead} dead")
+    if done.transport_error:
+        click.echo(f"smarthost: {done.transport_error}", err=True)
+        sys.exit(EX_TEMPFAIL)
 
 
 @outbox_group.command("retry")
@@ -503,6 +636,41 @@ def quarantine_retry(obj: Ctx, ids, as_json: bool) -> None:
         click.echo(f"{r.inbox_id}: {r.outcome}" + (f" #{r.ticket}" if r.ticket else "")
                    + (f" ({r.reason})" if r.reason else ""))
     click.echo(f"{len(results)} message(s) retried")
+
+
+# --- inbox -------------------------------------------------------------------------------
+
+
+@main.group()
+def inbox() -> None:
+    """Processed messages and what became of each: list (see also `quarantine show ID`)."""
+
+
+@inbox.command("list")
+@click.option("--outcome", type=click.Choice(["created", "appended", "duplicate", "suppressed",
+                                             "bounce"]), help="Only messages with this outcome.")
+@click.option("--unmatched", is_flag=True, help="Only messages that went to no ticket.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@json_option
+@click.pass_obj
+def inbox_list(obj: Ctx, outcome: str | None, unmatched: bool, limit: int, as_json: bool) -> None:
+    """List processed messages, newest first, with their ticket and reason.
+
+    Bounces that match no ticket are kept only here: `mailticket inbox list --outcome
+    bounce --unmatched` shows them, `mailticket quarantine show ID` their headers.
+    """
+    from . import models
+
+    obj.app(processing=False)
+    rows = models.inbox_listing(outcome, unmatched, limit)
+    if as_json:
+        emit_json([{"id": r.id, "received_at": r.received_at.isoformat(), "source": r.source,
+                    "message_id": r.message_id, "outcome": r.outcome, "ticket": r.ticket,
+                    "reason": r.reason} for r in rows])
+        return
+    table([[r.id, r.received_at.strftime("%Y-%m-%d %H:%M"), r.source, r.outcome,
+            f"#{r.ticket}" if r.ticket else "-", (r.reason or "")[:80]] for r in rows],
+          ["id", "received", "source", "outcome", "ticket", "reason"])
 
 
 # --- rules -------------------------------------------------------------------------------

@@ -40,8 +40,12 @@ class Helpdesk:
     timezone: str = "UTC"
     language: str = "en"  # used when a message's language cannot be told
     languages: tuple[str, ...] = ("en", "fr", "nl")
-    # At most this many automatic mails (acknowledgements, ...) per address per hour.
+    # At most this many automatic mails (acknowledgements, ...) per address per hour,
+    # per recipient domain per hour (a helpdesk elsewhere that answers from a new address
+    # each time loops through one domain), and in all per hour.
     auto_reply_limit: int = 5
+    auto_reply_limit_domain: int = 20
+    auto_reply_limit_total: int = 500
 
     @property
     def domain(self) -> str:
@@ -64,6 +68,13 @@ class Smtp:
     max_size: int = 25 * 1024 * 1024
     tls_cert: str = ""
     tls_key: str = ""
+    # Clients at once, overall and per client address; past them a client gets 421.
+    # Well under the usual 1,024 open files (the listener also lowers it to fit).
+    max_connections: int = 200
+    max_connections_per_ip: int = 20
+    # Seconds of silence before a client gets 421 and is closed (RFC 5321 4.5.3.2.7);
+    # also the wait between blocks of a message, whose DATA must keep a minimum rate.
+    idle_timeout: int = 300
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,11 @@ class Outgoing:
     host: str = "localhost"
     port: int = 25
     starttls: bool = False
+    implicit_tls: bool = False  # TLS from the first byte (port 465, RFC 8314)
+    # TLS checks the smarthost's certificate and name against the system's CAs, or this
+    # file (PEM) for a private CA; tls_verify = false turns the checks off.
+    tls_ca_file: str = ""
+    tls_verify: bool = True
     username: str = ""
     password_env: str = ""
     password_file: str = ""
@@ -208,6 +224,21 @@ _CHOICES = {
     ("agents", "auth"): ("signed", "none"),
     ("daemon", "log_format"): ("text", "json"),
 }
+# Numbers that must fall in a range (low, high; None: no bound), checked like _CHOICES.
+_PORT = (1, 65535)
+_RANGES: dict[tuple[str, str], tuple[int | None, int | None]] = {
+    ("imap", "port"): _PORT,
+    ("outgoing", "port"): _PORT,
+    ("outgoing", "max_attempts"): (1, None),
+    ("outgoing", "retry_base_seconds"): (1, None),
+    ("smtp", "max_size"): (1024, None),
+    ("smtp", "max_connections"): (1, None),
+    ("smtp", "max_connections_per_ip"): (1, None),
+    ("smtp", "idle_timeout"): (1, None),
+    ("imap", "poll_interval"): (1, None),
+    ("daemon", "outbox_interval"): (1, None),
+    ("daemon", "drain_seconds"): (1, None),
+}
 _PATH_KEYS = {
     ("outgoing", "folder"),
     ("paths", "rules"),
@@ -217,6 +248,7 @@ _PATH_KEYS = {
     ("smtp", "tls_key"),
     ("imap", "password_file"),
     ("outgoing", "password_file"),
+    ("outgoing", "tls_ca_file"),
 }
 
 
@@ -243,22 +275,30 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 def from_dict(data: dict, path: Path) -> Config:
-    """Build a Config from parsed TOML; `path` is named in errors and anchors relative paths."""
+    """Build a Config from parsed TOML; `path` is named in errors and anchors relative paths.
+
+    Every problem in the file is reported at once, one line each, so an admin fixes
+    them in one go rather than one per attempt.
+    """
+    problems: list[str] = []
     kwargs: dict[str, object] = {}
     sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "path"}
     for name, value in data.items():
         if name not in sections:
-            raise ConfigError(f"{path}: unknown section [{name}] (known: {', '.join(sections)})")
-        if name == "imap":
+            problems.append(f"unknown section [{name}] (known: {', '.join(sections)})")
+        elif name == "imap":
             if isinstance(value, dict):
                 value = [value]
             if not isinstance(value, list):
-                raise ConfigError(f"{path}: [[imap]] must be a list of tables")
-            kwargs[name] = tuple(_section(Imap, "imap", v, path) for v in value)
+                problems.append("[[imap]] must be a list of tables")
+                continue
+            kwargs[name] = tuple(_section(Imap, "imap", v, problems) for v in value)
         else:
-            kwargs[name] = _section(_section_type(name), name, value, path)
+            kwargs[name] = _section(_section_type(name), name, value, problems)
     cfg = Config(**kwargs)  # type: ignore[arg-type]
-    _check(cfg, path)
+    _check(cfg, problems)
+    if problems:
+        raise ConfigError("\n".join(f"{path}: {p}" for p in problems))
     return _resolve(cfg, path.parent.resolve(), str(path))
 
 
@@ -266,21 +306,32 @@ def _section_type(name: str) -> type:
     return typing.get_type_hints(Config)[name]
 
 
-def _section(cls: type, name: str, value: object, path: Path) -> object:
+def _section(cls: type, name: str, value: object, problems: list[str]) -> object:
+    """One section's dataclass; a key with a problem is noted and keeps its default."""
     if not isinstance(value, dict):
-        raise ConfigError(f"{path}: [{name}] must be a table")
+        problems.append(f"[{name}] must be a table")
+        return cls()
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     out: dict[str, object] = {}
     for key, raw in value.items():
         if key not in known:
-            raise ConfigError(
-                f"{path}: [{name}] unknown key '{key}' (known: {', '.join(sorted(known))})"
-            )
-        out[key] = _coerce(hints[key], raw, f"{path}: [{name}] {key}")
+            problems.append(f"[{name}] unknown key '{key}' (known: {', '.join(sorted(known))})")
+            continue
+        try:
+            coerced = _coerce(hints[key], raw, f"[{name}] {key}")
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
         choices = _CHOICES.get((name, key))
-        if choices and out[key] not in choices:
-            raise ConfigError(f"{path}: [{name}] {key}: must be one of {', '.join(choices)}")
+        low, high = _RANGES.get((name, key), (None, None))
+        if choices and coerced not in choices:
+            problems.append(f"[{name}] {key}: must be one of {', '.join(choices)}, got {coerced!r}")
+        elif (low is not None and coerced < low) or (high is not None and coerced > high):
+            within = f"from {low} to {high}" if high is not None else f"at least {low}"
+            problems.append(f"[{name}] {key}: must be {within}, got {coerced}")
+        else:
+            out[key] = coerced
     return cls(**out)
 
 
@@ -320,31 +371,45 @@ def _coerce(hint: object, raw: object, where: str) -> object:
     raise AssertionError(f"config schema has an unsupported type {hint!r}")
 
 
-def _check(cfg: Config, path: Path) -> None:
-    """Values that are well-typed but still wrong."""
+def host_port(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 as `[::1]:25`) into its parts; ValueError when it is not one.
+
+    Port 0 asks the system for a free port (the tests listen so)."""
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT with a port from 1 to 65535, got {value!r}")
+    return host, int(port)
+
+
+def _check(cfg: Config, problems: list[str]) -> None:
+    """Values that are well-typed but still wrong, and keys that must agree."""
+    note = problems.append
     if "@" not in cfg.helpdesk.address:
-        raise ConfigError(f"{path}: [helpdesk] address: not an email address: {cfg.helpdesk.address!r}")
+        note(f"[helpdesk] address: not an email address: {cfg.helpdesk.address!r}")
     if "{number}" not in cfg.helpdesk.token:
-        raise ConfigError(f"{path}: [helpdesk] token: must contain {{number}}, got {cfg.helpdesk.token!r}")
+        note(f"[helpdesk] token: must contain {{number}}, got {cfg.helpdesk.token!r}")
     try:
         ZoneInfo(cfg.helpdesk.timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(
-            f"{path}: [helpdesk] timezone: unknown time zone {cfg.helpdesk.timezone!r}") from None
+        note(f"[helpdesk] timezone: unknown time zone {cfg.helpdesk.timezone!r}")
     url = cfg.database.url
     if not url.startswith(("sqlite://", "postgresql://", "postgres://")):
-        raise ConfigError(
-            f"{path}: [database] url: use sqlite:///FILE or postgresql://USER@HOST/DB, got {url!r}"
-        )
+        note(f"[database] url: use sqlite:///FILE or postgresql://USER@HOST/DB, got {url!r}")
     if cfg.helpdesk.language not in cfg.helpdesk.languages:
-        raise ConfigError(f"{path}: [helpdesk] language: {cfg.helpdesk.language!r} is not in languages")
+        note(f"[helpdesk] language: {cfg.helpdesk.language!r} is not in languages")
     try:
         cfg.business_hours()
     except (ValueError, KeyError, NotImplementedError) as exc:
-        raise ConfigError(f"{path}: [sla] business_days/business_hours/holidays: {exc}") from None
-    host, _, port = cfg.smtp.listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"{path}: [smtp] listen: expected HOST:PORT, got {cfg.smtp.listen!r}")
+        note(f"[sla] business_days/business_hours/holidays: {exc}")
+    for section, key, value in (("smtp", "listen", cfg.smtp.listen), ("daemon", "http", cfg.daemon.http)):
+        if value or key == "listen":  # an empty [daemon] http turns the endpoint off
+            try:
+                host_port(value)
+            except ValueError as exc:
+                note(f"[{section}] {key}: {exc}")
+    if cfg.outgoing.starttls and cfg.outgoing.implicit_tls:
+        note("[outgoing] starttls and implicit_tls: choose one")
 
 
 def _resolve(cfg: Config, base: Path, path: str) -> Config:
