@@ -9,6 +9,7 @@
     Outbox       outgoing mail and its delivery state
     Agent        a person who works tickets
     ImapState    per-mailbox UIDVALIDITY and last UID
+    Bounced      addresses whose mail bounced permanently: no automatic mail to them
     SchemaVersion
 
 Models bind to `database_proxy`; `db.open_database` initialises it from a URL.
@@ -27,6 +28,35 @@ _UTC = timezone.utc
 # Ticket statuses and priorities (DESIGN.md section 3).
 STATUSES = ("new", "open", "pending", "on-hold", "resolved", "closed")
 PRIORITIES = ("P1", "P2", "P3", "P4")
+# Subjects stored: a ticket's title, and a message's copy of its header (RFC 5322 2.1.1's
+# line length); a 1 MB subject line is hostile, not a title.
+MAX_TICKET_SUBJECT = 255
+MAX_MESSAGE_SUBJECT = 998
+
+
+class _Clean:
+    """Strings are stored the same on every backend: without NUL (PostgreSQL refuses it in
+    text, SQLite keeps it) and, in a CharField, cut to its length (PostgreSQL's varchar
+    refuses a longer value, SQLite keeps it).  Hostile mail puts NUL in any header."""
+
+    max_length: int | None = None
+
+    def db_value(self, value):
+        if value.__class__ is not str:  # None, bytes, numbers: peewee's own conversion
+            return super().db_value(value)
+        if "\x00" in value:
+            value = value.replace("\x00", "")
+        if self.max_length and len(value) > self.max_length:
+            value = value[: self.max_length]
+        return value
+
+
+class CharField(_Clean, peewee.CharField):
+    pass
+
+
+class TextField(_Clean, peewee.TextField):
+    pass
 
 
 class JSONField(peewee.TextField):
@@ -66,18 +96,18 @@ class SchemaVersion(BaseModel):
 
 class Inbox(BaseModel):
     received_at = UTCDateTimeField(index=True)
-    source = peewee.CharField(max_length=16)  # smtp, lmtp, imap, ingest
-    mailbox = peewee.CharField(null=True)  # the IMAP mailbox or SMTP recipient it came by
-    queue = peewee.CharField(null=True)  # the source's default queue, handed to the rules
+    source = CharField(max_length=16)  # smtp, lmtp, imap, ingest
+    mailbox = CharField(null=True)  # the IMAP mailbox or SMTP recipient it came by
+    queue = CharField(null=True)  # the source's default queue, handed to the rules
     raw = peewee.BlobField()
-    state = peewee.CharField(max_length=16, default="pending", index=True)
+    state = CharField(max_length=16, default="pending", index=True)
     # Message-ID, or a hash of the bytes when there is none: what `dedupe` compares.
-    dedupe_key = peewee.CharField(null=True, index=True)
-    message_id = peewee.TextField(null=True)
-    outcome = peewee.CharField(max_length=16, null=True)
+    dedupe_key = CharField(null=True, index=True)
+    message_id = TextField(null=True)
+    outcome = CharField(max_length=16, null=True)
     ticket = peewee.IntegerField(null=True)
-    step = peewee.CharField(max_length=32, null=True)  # where processing failed
-    reason = peewee.TextField(null=True)
+    step = CharField(max_length=32, null=True)  # where processing failed
+    reason = TextField(null=True)
     attempts = peewee.IntegerField(default=0)
     processed_at = UTCDateTimeField(null=True)
     silent = peewee.BooleanField(default=False)  # historic import: record, never acknowledge
@@ -85,19 +115,19 @@ class Inbox(BaseModel):
 
 class Ticket(BaseModel):
     number = peewee.AutoField()
-    subject = peewee.TextField()
-    status = peewee.CharField(max_length=16, default="new", index=True)
-    priority = peewee.CharField(max_length=4, default="P3")
-    queue = peewee.CharField(default="general", index=True)
+    subject = TextField()
+    status = CharField(max_length=16, default="new", index=True)
+    priority = CharField(max_length=4, default="P3")
+    queue = CharField(default="general", index=True)
     tier = peewee.IntegerField(default=1)
-    assignee = peewee.CharField(null=True)
-    group = peewee.CharField(null=True)
-    requester = peewee.CharField(index=True)  # lower-case address
-    requester_name = peewee.CharField(default="")
+    assignee = CharField(null=True)
+    group = CharField(null=True)
+    requester = CharField(index=True)  # lower-case address
+    requester_name = CharField(default="")
     cc = JSONField(default=list)
     tags = JSONField(default=list)
     fields = JSONField(default=dict)
-    language = peewee.CharField(max_length=8, default="en")
+    language = CharField(max_length=8, default="en")
     linked_to = peewee.IntegerField(null=True)  # the ticket this one was opened from
     created_at = UTCDateTimeField()
     updated_at = UTCDateTimeField()
@@ -112,75 +142,92 @@ class Ticket(BaseModel):
 class Message(BaseModel):
     ticket = peewee.ForeignKeyField(Ticket, backref="messages", on_delete="CASCADE", index=True)
     inbox = peewee.ForeignKeyField(Inbox, null=True, backref="messages")
-    direction = peewee.CharField(max_length=3)  # in | out
+    direction = CharField(max_length=3)  # in | out
     # customer, agent-reply, note, system, auto-reply, bounce
-    kind = peewee.CharField(max_length=16)
-    message_id = peewee.TextField(index=True)
-    from_addr = peewee.CharField(default="")
-    from_name = peewee.CharField(default="")
+    kind = CharField(max_length=16)
+    message_id = TextField(index=True)
+    from_addr = CharField(default="")
+    from_name = CharField(default="")
     to = JSONField(default=list)
     cc = JSONField(default=list)
-    subject = peewee.TextField(default="")
+    subject = TextField(default="")
     date = UTCDateTimeField(null=True)
-    text = peewee.TextField(default="")  # new text: without quoted history and signature
-    body = peewee.TextField(default="")  # the whole readable text
+    text = TextField(default="")  # new text: without quoted history and signature
+    body = TextField(default="")  # the whole readable text
     created_at = UTCDateTimeField()
 
 
 class Attachment(BaseModel):
     message = peewee.ForeignKeyField(Message, backref="attachments", on_delete="CASCADE")
-    filename = peewee.CharField()
-    content_type = peewee.CharField()
+    filename = CharField()
+    content_type = CharField()
     size = peewee.IntegerField()
-    sha256 = peewee.CharField(max_length=64, index=True)
+    sha256 = CharField(max_length=64, index=True)
     inline = peewee.BooleanField(default=False)
-    content_id = peewee.CharField(null=True)
+    content_id = CharField(null=True)
 
 
 class Event(BaseModel):
     ticket = peewee.ForeignKeyField(Ticket, backref="events", on_delete="CASCADE", index=True)
     at = UTCDateTimeField()
-    actor = peewee.CharField()  # an address, "system", or "rule:NAME"
-    kind = peewee.CharField(max_length=32)
+    actor = CharField()  # an address, "system", or "rule:NAME"
+    kind = CharField(max_length=32)
     detail = JSONField(default=dict)
 
 
 class Outbox(BaseModel):
     ticket = peewee.IntegerField(null=True, index=True)
-    kind = peewee.CharField(max_length=16)  # ack, reply, update, escalation, ...
+    kind = CharField(max_length=16)  # ack, reply, update, escalation, ...
     automatic = peewee.BooleanField(default=True)  # counts towards the per-address limit
-    mail_from = peewee.CharField()
-    to_addr = peewee.CharField()
-    subject = peewee.TextField()
-    body = peewee.TextField()
+    mail_from = CharField()
+    to_addr = CharField()
+    to_domain = CharField(null=True)  # to_addr's domain, for the per-domain limit (schema v2)
+    subject = TextField()
+    body = TextField()
     # Message-ID, In-Reply-To, References, Auto-Submitted, Thread-Index, ...
     headers = JSONField(default=dict)
-    message_id = peewee.TextField()
-    state = peewee.CharField(max_length=8, default="queued", index=True)
+    message_id = TextField()
+    state = CharField(max_length=8, default="queued", index=True)
     attempts = peewee.IntegerField(default=0)
     next_attempt_at = UTCDateTimeField(null=True)
-    last_error = peewee.TextField(null=True)
+    last_error = TextField(null=True)
     created_at = UTCDateTimeField()
     sent_at = UTCDateTimeField(null=True)
 
     class Meta:
-        indexes = ((("to_addr", "created_at"), False),)
+        # The automatic-mail limits count recent rows per address, per domain and in all.
+        # (Not `automatic` first: SQLite would take that index for the address's count too.)
+        indexes = (
+            (("to_addr", "created_at"), False),
+            (("to_domain", "created_at"), False),
+            (("created_at", "automatic"), False),
+        )
 
 
 class Agent(BaseModel):
-    email = peewee.CharField(unique=True)
-    name = peewee.CharField(default="")
+    email = CharField(unique=True)
+    name = CharField(default="")
     tier = peewee.IntegerField(default=1)
     active = peewee.BooleanField(default=True)
 
 
 class ImapState(BaseModel):
-    mailbox = peewee.CharField(unique=True)  # user@host/folder
+    mailbox = CharField(unique=True)  # user@host/folder
     uidvalidity = peewee.BigIntegerField(null=True)
     last_uid = peewee.BigIntegerField(default=0)
 
 
-ALL_MODELS = [Inbox, Ticket, Message, Attachment, Event, Outbox, Agent, ImapState]
+class Bounced(BaseModel):
+    """An address our mail to bounced permanently (a 5.x.x DSN): automatic mail to it
+    stops until it writes to us again (schema v2)."""
+
+    address = CharField(unique=True)  # lower-case
+    status = CharField(max_length=16)  # the DSN's Status, e.g. 5.1.1
+    ticket = peewee.IntegerField(null=True)  # where the bounce was recorded
+    at = UTCDateTimeField()
+
+
+ALL_MODELS = [Inbox, Ticket, Message, Attachment, Event, Outbox, Agent, ImapState, Bounced]
 
 # Re-exported so that callers outside db.py/models.py never import peewee themselves.
 fn = peewee.fn
@@ -301,11 +348,62 @@ def is_active_agent(address: str) -> bool:
     return database_proxy.execute_sql(sql, [address, True]).fetchone() is not None
 
 
-def automatic_mails_since(address: str, since) -> int:
-    sql = _sql(("auto_count",), lambda p: 'SELECT COUNT(*) FROM "outbox" WHERE "to_addr" = '
-               f'{p} AND "automatic" = {p} AND "created_at" >= {p}')
-    field = Outbox._meta.fields["created_at"]
-    return database_proxy.execute_sql(sql, [address, True, field.db_value(since)]).fetchone()[0]
+def automatic_mail_state(address: str, domain: str, since, caps: tuple[int, int, int]
+                         ) -> tuple[bool, bool, bool, str | None]:
+    """In one round trip: whether `address`, `domain` and everyone (each with its cap) had
+    as many automatic mails since `since` as the cap allows, and the bounce status
+    `address` is marked with, or None.  "The cap-th newest row exists" walks at most cap
+    index entries and counts nothing: the check costs the same at 10 rows or 10^6."""
+    def build(p: str) -> str:
+        def full(where: str) -> str:
+            return (f'EXISTS (SELECT 1 FROM "outbox" WHERE {where}"automatic" = {p}'
+                    f' AND "created_at" >= {p} LIMIT 1 OFFSET {p})')
+
+        return (f'SELECT {full(f""""to_addr" = {p} AND """)}, {full(f""""to_domain" = {p} AND """)}, '
+                f'{full("")}, (SELECT "status" FROM "bounced" WHERE "address" = {p})')
+
+    at = Outbox._meta.fields["created_at"].db_value(since)
+    skip = [max(cap - 1, 0) for cap in caps]
+    params = [address, True, at, skip[0], domain, True, at, skip[1], True, at, skip[2], address]
+    row = database_proxy.execute_sql(_sql(("auto_state",), build), params).fetchone()
+    return (*(bool(v) or cap <= 0 for v, cap in zip(row[:3], caps)), row[3])
+
+
+def mark_bounced(address: str, status: str, ticket: int | None, at) -> None:
+    """Mark `address` as bounced (again: the newest status and ticket win)."""
+    Bounced.insert(address=address, status=status, ticket=ticket, at=at).on_conflict(
+        conflict_target=[Bounced.address],
+        update={Bounced.status: status, Bounced.ticket: ticket, Bounced.at: at},
+    ).execute()
+
+
+def clear_bounced(address: str) -> bool:
+    """Remove the bounce mark of `address`; whether there was one."""
+    sql = _sql(("unbounce",), lambda p: f'DELETE FROM "bounced" WHERE "address" = {p}')
+    return database_proxy.execute_sql(sql, [address]).rowcount > 0
+
+
+def outgoing_message_ids(ids: list[str]) -> set[str]:
+    """Which of these Message-IDs are of mail we sent (stored as outgoing messages)."""
+    ids = ids[:50]
+    if not ids:
+        return set()
+    sql = _sql(("out_mid", len(ids)), lambda p: 'SELECT "message_id" FROM "message" WHERE '
+               f'"direction" = {p} AND "message_id" IN (' + ", ".join([p] * len(ids)) + ")")
+    return {r[0] for r in database_proxy.execute_sql(sql, ["out", *ids]).fetchall()}
+
+
+def inbox_listing(outcome: str | None = None, unmatched: bool = False, limit: int = 100) -> list[Inbox]:
+    """Processed inbox rows, newest first: all, or those of one outcome (`bounce`, ...);
+    with `unmatched`, only those that went to no ticket."""
+    query = (Inbox.select(Inbox.id, Inbox.received_at, Inbox.source, Inbox.message_id,
+                          Inbox.outcome, Inbox.ticket, Inbox.reason)
+             .where(Inbox.state == "done").order_by(Inbox.id.desc()).limit(limit))
+    if outcome:
+        query = query.where(Inbox.outcome == outcome)
+    if unmatched:
+        query = query.where(Inbox.ticket.is_null())
+    return list(query)
 
 
 def get(model: type[BaseModel], pk: int):

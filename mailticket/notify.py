@@ -14,17 +14,21 @@ the headers that matter.  The MIME message is built when the outbox delivers it
 Every automatic message carries the headers of RFC 3834 (`Auto-Submitted`), a
 Message-ID of our own domain, In-Reply-To/References to the customer's message and
 the token in the subject; Thread-Topic/Thread-Index keep Outlook's conversation
-view together.
+view together.  Every message we send carries `X-Loop: <our address>`, so that mail
+that comes back with it is known as our own (the pipeline's guard), and no subject
+longer than MAX_SUBJECT.  `automatic_block` says whether automatic mail to an
+address must not go out now (limits per address, per domain and in all; a bounce).
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import re
 import struct
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.utils import formataddr
 from pathlib import Path
 
@@ -35,6 +39,10 @@ from .errors import TemplateError
 from .models import Message, Outbox
 
 SHIPPED_TEMPLATES = Path(__file__).parent / "templates"
+
+# A token, "Re: " and a ticket subject (at most models.MAX_TICKET_SUBJECT) fit; a 1 MB
+# subject of a customer's never becomes a 1 MB header line of ours.
+MAX_SUBJECT = 300
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,7 @@ def split_headers(text: str, name: str) -> Rendered:
     for line in head.splitlines():
         key, _, value = line.partition(":")
         if key.strip().lower() == "subject":
-            subject = " ".join(value.split())
+            subject = " ".join(value.split())[:MAX_SUBJECT]
     if not sep or subject is None:
         raise TemplateError(f"template {name}: must start with a 'Subject:' line and a blank line")
     return Rendered(subject=subject, body=body)
@@ -87,6 +95,16 @@ def split_headers(text: str, name: str) -> Rendered:
 def make_msgid(domain: str) -> str:
     """A Message-ID of our own domain (RFC 5322 section 3.6.4)."""
     return f"<{uuid.uuid4().hex}@{domain}>"
+
+
+_OUR_MSGID = re.compile(r"<[0-9a-f]{32}@([^<>@\s]+)>")
+
+
+def is_our_msgid(message_id: str, domain: str) -> bool:
+    """Was `message_id` made by `make_msgid(domain)`?  (32 hex digits: a colleague's mail
+    client in our own domain makes ids of other shapes.)"""
+    m = _OUR_MSGID.fullmatch(message_id)
+    return m is not None and m.group(1).lower() == domain.lower()
 
 
 # Outlook's Thread-Index: 22 bytes for the first message of a conversation (6 bytes of
@@ -132,12 +150,37 @@ def reply_headers(parent_id: str | None, parent_refs: list[str], parent_thread_i
 
 def queue(*, kind: str, ticket: int | None, mail_from: str, to: str, rendered: Rendered,
           headers: dict[str, str], message_id: str, now: datetime, automatic: bool) -> int:
-    """Write one outgoing message into the outbox (inside the caller's transaction); its id."""
+    """Write one outgoing message into the outbox (inside the caller's transaction); its id.
+
+    Automatic mail must have passed `automatic_block` first.  Every message goes out
+    from the helpdesk's address, which its X-Loop names (RFC 3834 section 3.1.8's
+    advice: recognise our own mail when it comes back)."""
     return models.insert(Outbox, dict(
         ticket=ticket, kind=kind, automatic=automatic, mail_from=mail_from, to_addr=to,
-        subject=rendered.subject, body=rendered.body, headers=headers, message_id=message_id,
+        to_domain=to.rpartition("@")[2].lower() or None, subject=rendered.subject,
+        body=rendered.body, headers={**headers, "X-Loop": mail_from}, message_id=message_id,
         state="queued", next_attempt_at=now, created_at=now,
     ))
+
+
+def automatic_block(to: str, helpdesk, now: datetime) -> str:
+    """Why automatic mail to `to` must not go out now, or "" when it may.
+
+    Every automatic kind asks this before `queue`: a limit per address, one per domain
+    (another helpdesk that answers each acknowledgement from a new address loops through
+    one domain) and one in all, per hour; and no automatic mail to an address whose mail
+    bounced for good until it writes to us again (the pipeline clears the mark).
+    """
+    caps = (helpdesk.auto_reply_limit, helpdesk.auto_reply_limit_domain,
+            helpdesk.auto_reply_limit_total)
+    domain = to.rpartition("@")[2].lower()
+    *full, bounced = models.automatic_mail_state(to, domain, now - timedelta(hours=1), caps)
+    if bounced:
+        return f"mail to {to} bounced ({bounced}); no automatic mail until it writes again"
+    for reached, cap, scope in zip(full, caps, (to, f"domain {domain}", "all recipients")):
+        if reached:
+            return f"{scope} reached {cap} automatic mails this hour"
+    return ""
 
 
 def acknowledge(ticket, *, to: str, kind: str, token: str, parent, helpdesk, templates: Templates,
@@ -153,7 +196,7 @@ def acknowledge(ticket, *, to: str, kind: str, token: str, parent, helpdesk, tem
     msgid = make_msgid(helpdesk.domain)
     headers = {"From": formataddr((helpdesk.name, helpdesk.address)),
                **reply_headers(parent.message_id, parent.references, parent.header("thread-index"),
-                               ticket.subject, now, automatic=True)}
+                               ticket.subject[:MAX_SUBJECT], now, automatic=True)}
     queue(kind="ack", ticket=ticket.number, mail_from=helpdesk.address, to=to, rendered=rendered,
           headers=headers, message_id=msgid, now=now, automatic=True)
     models.insert(Message, dict(

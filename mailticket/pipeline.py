@@ -19,7 +19,6 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from . import models, notify, tickets
 from .attachments import AttachmentStore
@@ -83,6 +82,11 @@ class Run:
     outcome: str = ""
     reason: str = ""
     events: list[dict] = field(default_factory=list)
+    reused_from: int | None = None  # the inbox row whose Message-ID this other message reuses
+
+    def note(self, text: str) -> None:
+        """Add to the result's reason (several steps may have something to say)."""
+        self.reason = f"{self.reason}; {text}" if self.reason else text
 
     def event(self, ticket: Ticket, actor: str, kind: str, detail: dict) -> None:
         """Note a ticket event; they are written in one statement when the message is done."""
@@ -113,37 +117,69 @@ def parse(run: Run, env: Env) -> None:
     run.sender = pm.from_.email if pm.from_ else ""
 
 
-# Trace headers that relays add: two copies of one message without a Message-ID that
-# differ only in these are still the same message.
+# Trace headers that relays and mail stores add: two copies of one message that differ
+# only in these are the same message (a resend after a crash, a second recipient).
 _TRACE = re.compile(
     rb"^(received|return-path|delivered-to|x-original-to|x-received|authentication-results"
-    rb"|arc-[a-z-]+|x-spam-[a-z-]+):.*(\r?\n[ \t].*)*\r?\n",
+    rb"|arc-[a-z-]+|x-spam-[a-z-]+|envelope-to|x-envelope-[a-z-]+|x-delivered-to"
+    rb"|status|x-status|x-keywords|x-uid):.*(\n[ \t].*)*\n",
     re.IGNORECASE | re.MULTILINE,
 )
 
 
+def content_hash(raw: bytes) -> str:
+    """The message without its trace headers, hashed (line endings made LF first: an
+    mbox or an .eml file may hold LF what SMTP brought as CRLF)."""
+    raw = raw.replace(b"\r\n", b"\n")
+    end = raw.find(b"\n\n")
+    head, body = (raw, b"") if end < 0 else (raw[:end + 1], raw[end + 1:])
+    return hashlib.sha256(_TRACE.sub(b"", head) + body).hexdigest()
+
+
 def dedupe(run: Run, env: Env) -> None:
+    """A duplicate is the same Message-ID with the same content (trace headers aside).
+
+    The key is the Message-ID, one indexed lookup; contents are compared only when that
+    finds a row.  Some mailers reuse one Message-ID for different messages (scanners,
+    old list software, hand-made mail): such a message is a new one, keyed by its
+    content hash (as a message without a Message-ID is) so that its own copies are
+    still duplicates, and noted on its ticket.
+    """
     pm = run.parsed
-    if pm.message_id:
-        key = pm.message_id
-    else:
-        head, sep, body = bytes(run.row.raw).partition(b"\n\n")
-        key = "sha256:" + hashlib.sha256(_TRACE.sub(b"", head + b"\n") + sep + body).hexdigest()
-    run.row.dedupe_key = key[:250]
+    key = pm.message_id[:250] if pm.message_id else "sha256:" + content_hash(bytes(run.row.raw))
     run.row.message_id = pm.message_id
+    earlier = _done_rows(run.row, key)
+    if earlier and pm.message_id:
+        digest = content_hash(bytes(run.row.raw))
+        first = min(earlier)[0]
+        if content_hash(bytes(models.get(Inbox, first).raw)) != digest:
+            run.reused_from = first
+            key = "sha256:" + digest
+            earlier = _done_rows(run.row, key)
+    run.row.dedupe_key = key
+    if earlier:
+        inbox_id, ticket, _ = min(earlier)
+        run.ticket = tickets.by_number(ticket) if ticket else None
+        raise Stop("duplicate", f"same message as inbox #{inbox_id}")
+    if run.reused_from:
+        run.note(f"Message-ID {pm.message_id[:200]} reused: other content than inbox "
+                 f"#{run.reused_from}, so a message of its own")
+
+
+def _done_rows(row: Inbox, key: str) -> list[tuple]:
     # Only the indexed column in the WHERE: with `state` in it too, SQLite's planner
     # may pick the state index and scan every processed row (10 ms a message at 10^4).
-    for inbox_id, ticket, state in models.inbox_by_dedupe_key(run.row.dedupe_key):
-        if state == "done" and inbox_id != run.row.id:
-            run.ticket = tickets.by_number(ticket) if ticket else None
-            raise Stop("duplicate", f"same message as inbox #{inbox_id}")
+    return [r for r in models.inbox_by_dedupe_key(key) if r[2] == "done" and r[0] != row.id]
 
 
 def guard(run: Run, env: Env) -> None:
     """Loop protection: never answer auto-replies, bounces, bulk mail or ourselves."""
     pm = run.parsed
+    loop = next((v for v in pm.headers.get("x-loop", ()) if env.config.is_ours(v.strip(" <>"))), None)
     if run.sender and env.config.is_ours(run.sender):
         run.suppressed = f"mail from our own address {run.sender}"
+    elif loop is not None:  # notify marks all we send; this came back (a forward, a loop)
+        run.suppressed = f"our own mail come back (X-Loop: {loop[:100]})"
     elif pm.mail_class is MailClass.AUTO_REPLY:
         run.suppressed = f"auto-reply ({pm.class_reason})"
         run.kind = "auto-reply"
@@ -153,6 +189,8 @@ def guard(run: Run, env: Env) -> None:
         run.no_ack = f"bulk mail ({pm.class_reason})"
     if not run.sender:
         run.no_ack = run.no_ack or "no sender address"
+    if pm.envelope_sender == "":  # RFC 3834 section 2: never answer the null reverse-path
+        run.no_ack = run.no_ack or "null envelope sender (Return-Path: <>)"
     if run.row.silent:
         run.no_ack = run.no_ack or "historic import"
 
@@ -163,7 +201,14 @@ def thread(run: Run, env: Env) -> None:
     if run.kind == "bounce":
         run.ticket, _ = tickets.by_message_ids([*pm.bounce_refs, *ids])
         if run.ticket is None:
-            raise Stop("bounce", "no ticket matches the bounced message")
+            # Some MTAs rewrite the Message-ID of what they relay: the returned subject
+            # (or the bounce's own) still carries the token.
+            number = env.tokens.find(pm.bounce_subject) or env.tokens.find(pm.subject)
+            run.ticket = tickets.by_number(number) if number else None
+            if run.ticket is None:
+                raise Stop("bounce", "no ticket matches the bounced message "
+                                     "(`mailticket inbox list --outcome bounce`)")
+            run.note(f"bounce matched by the token of the returned subject, #{number}")
         return
     known: dict[str, int] | None = None
 
@@ -181,16 +226,33 @@ def thread(run: Run, env: Env) -> None:
         else:
             # A stranger quoting a token opens a ticket of their own, linked to it.
             run.linked_to = named.number
-            run.reason = f"token #{named.number} from a stranger: new ticket linked to it"
+            run.note(f"token #{named.number} from a stranger: new ticket linked to it")
+            if _names_our_mail(ids, env, referenced()):
+                run.no_ack = f"a reply to our mail from {run.sender}, who may not write to #{named.number}"
     if run.ticket is None and run.linked_to is None:
         run.ticket, _ = tickets.by_message_ids(ids, referenced())
+        if run.ticket is None and ids and _names_our_mail(ids, env, {}):
+            # Ours by its shape, yet unknown here: not a thread anyone may write to.
+            run.no_ack = f"a reply to our mail from {run.sender}, which no ticket has"
     if run.ticket is not None and run.ticket.status == "closed":
         run.linked_to, run.ticket = run.ticket.number, None
-        run.reason = f"reply to closed ticket #{run.linked_to}: new ticket linked to it"
+        run.note(f"reply to closed ticket #{run.linked_to}: new ticket linked to it")
     if run.ticket is None:
         if run.suppressed:
             raise Stop("suppressed", run.suppressed)
         run.is_new = True
+
+
+def _names_our_mail(ids: list[str], env: Env, known: dict[str, int]) -> bool:
+    """Do these In-Reply-To/References ids name mail we sent: ids of our making, or of
+    those we store (`known`) the ones of outgoing messages?  Never answering a stranger's
+    reply to our mail breaks loops with other mail systems: an auto-responder that answers
+    each acknowledgement from a new address would get a new ticket and a new
+    acknowledgement each time."""
+    domain = env.config.helpdesk.domain
+    if any(notify.is_our_msgid(mid, domain) for mid in ids):
+        return True
+    return bool(known) and bool(models.outgoing_message_ids(list(known)))
 
 
 def rule_context(env: Env, ticket: Ticket | None, *, source: str, mailbox: str | None,
@@ -229,12 +291,22 @@ def record(run: Run, env: Env) -> None:
             run.extra_tickets.append(_new_ticket(run, env, part=part, split_from=run.ticket))
         if run.extra_tickets:
             numbers = ", ".join(f"#{t.number}" for t in [run.ticket, *run.extra_tickets])
-            run.reason = f"split into {numbers}"
+            run.note(f"split into {numbers}")
         run.outcome = "created"
+        if run.reused_from:
+            run.event(run.ticket, "system", "message-id-reused",
+                      {"message_id": pm.message_id, "inbox": run.reused_from})
         return
     t = run.ticket
     _store_message(run, env, t, pm.new_text)
     run.event(t, run.sender or "unknown", "message", {"kind": run.kind})
+    if run.reused_from:
+        run.event(t, "system", "message-id-reused", {"message_id": pm.message_id, "inbox": run.reused_from})
+    if run.kind == "bounce":
+        _mark_bounced(run, env, t)
+    elif run.kind == "customer" and run.sender and models.clear_bounced(run.sender):
+        # A reply from an address whose mail bounced: it works again.
+        run.event(t, "system", "bounce-cleared", {"address": run.sender})
     changes = {"updated_at": now}
     if run.kind == "customer":
         status = tickets.REOPEN_ON_CUSTOMER_REPLY.get(t.status)
@@ -249,12 +321,23 @@ def record(run: Run, env: Env) -> None:
     run.reason = run.reason or run.suppressed or ""
 
 
+def _mark_bounced(run: Run, env: Env, t: Ticket) -> None:
+    """Recipients the DSN says failed for good get no more automatic mail (notify's
+    `automatic_block`).  Only the ticket's own people: a bounce, or a forged one, must not
+    silence an address that has nothing to do with the ticket."""
+    people = {t.requester, *(t.cc or [])}
+    for address, status in run.parsed.bounce_failed:
+        if address in people:
+            models.mark_bounced(address, status, t.number, env.clock.now())
+            run.event(t, "system", "bounced", {"address": address, "status": status})
+
+
 def _new_ticket(run: Run, env: Env, part: str | None, split_from: Ticket | None = None) -> Ticket:
     pm, now, cfg = run.parsed, env.clock.now(), env.config
-    subject = env.tokens.strip(pm.subject) or "(no subject)"
+    subject = env.tokens.strip(pm.subject)[:models.MAX_TICKET_SUBJECT] or "(no subject)"
     if part is not None:
         first = clean_subject(part.strip().splitlines()[0] if part.strip() else "")[:80]
-        subject = f"{subject}: {first}" if first else subject
+        subject = f"{subject[:models.MAX_TICKET_SUBJECT - 82]}: {first}" if first else subject
     language = pm.language if pm.language in cfg.helpdesk.languages else cfg.helpdesk.language
     ours = cfg.is_ours
     cc = sorted({a.email for a in [*pm.to, *pm.cc] if a.email and not ours(a.email)} - {run.sender})
@@ -306,7 +389,7 @@ def _store_message(run: Run, env: Env, t: Ticket, text: str) -> None:
         ticket=t.number, inbox=run.row.id, direction="in", kind=run.kind,
         message_id=pm.message_id or run.row.dedupe_key, from_addr=run.sender,
         from_name=pm.from_.name if pm.from_ else "", to=[a.email for a in pm.to],
-        cc=[a.email for a in pm.cc], subject=pm.subject, date=pm.date, text=text,
+        cc=[a.email for a in pm.cc], subject=pm.subject[:models.MAX_MESSAGE_SUBJECT], date=pm.date, text=text,
         body=pm.text, created_at=env.clock.now(),
     ))
     if pm.attachments:
@@ -332,16 +415,20 @@ def notify_step(run: Run, env: Env) -> None:
                 templates=env.templates, now=now)
             for actor, kind, detail in events:
                 run.event(t, actor, kind, detail)
+        if run.no_ack and not run.row.silent:
+            run.event(t, "system", "ack-skipped", {"why": run.no_ack})
+            if t is run.ticket:
+                run.note(f"no acknowledgement: {run.no_ack}")
         if run.no_ack or run.suppressed or run.kind != "customer":
             continue
         if decision.ack is False:
             run.event(t, "system", "ack-skipped", {"why": "rule"})
             continue
-        limit = cfg.helpdesk.auto_reply_limit
-        if models.automatic_mails_since(run.sender, now - timedelta(hours=1)) >= limit:
-            run.event(t, "system", "ack-skipped", {"why": f"rate limit {limit}/hour"})
-            run.reason = run.reason or (
-                f"acknowledgement withheld: {run.sender} reached {limit} automatic mails this hour")
+        blocked = notify.automatic_block(run.sender, cfg.helpdesk, now)
+        if blocked:
+            run.event(t, "system", "ack-skipped", {"why": blocked})
+            if t is run.ticket:
+                run.note(f"acknowledgement withheld: {blocked}")
             continue
         msgid = notify.acknowledge(
             t, to=run.sender, kind=decision.template or "ack", token=token, parent=pm,
@@ -403,14 +490,17 @@ class Pipeline:
         except Exception as exc:
             raise StepFailed(step, exc) from exc
         now = self.env.clock.now()
-        if run.events:
-            models.insert_many(Event, [{**e, "at": now} for e in run.events])
         done = dict(
             state="done", outcome=run.outcome, reason=run.reason or None, step=None,
             ticket=run.ticket.number if run.ticket is not None else None, processed_at=now,
             dedupe_key=row.dedupe_key, message_id=row.message_id,
         )
-        models.update(Inbox, row.id, done)
+        try:  # the writes the steps left: inside the caller's guard like any step
+            if run.events:
+                models.insert_many(Event, [{**e, "at": now} for e in run.events])
+            models.update(Inbox, row.id, done)
+        except Exception as exc:
+            raise StepFailed("finish", exc) from exc
         for name, value in done.items():
             setattr(row, name, value)
         return Result(row.id, run.parsed.message_id if run.parsed else None, run.outcome,

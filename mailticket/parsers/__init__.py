@@ -77,6 +77,13 @@ class ParsedMessage:
     mail_class: MailClass = MailClass.NORMAL
     class_reason: str = ""  # why mail_class is not NORMAL, e.g. "Auto-Submitted: auto-replied"
     bounce_refs: list[str] = field(default_factory=list)  # ids of the messages a bounce reports on
+    bounce_subject: str = ""  # the Subject of the message a bounce returns, when it has one
+    # (address, status) of each recipient a DSN reports as failed permanently (5.x.x)
+    bounce_failed: list[tuple[str, str]] = field(default_factory=list)
+    # The topmost Return-Path (RFC 5321 section 4.4, the envelope sender): None when there
+    # is none, "" for the null sender `<>` (bounces and auto-replies: RFC 3834 section 2
+    # forbids answering it), else the lower-cased address.
+    envelope_sender: str | None = None
     language: str | None = None  # ISO 639-1 code when it could be told, else None
     defects: list[str] = field(default_factory=list)  # what was broken and repaired on the way
 

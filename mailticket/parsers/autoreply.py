@@ -1,8 +1,9 @@
 """Who sent this: a person, an auto-responder, a mail server reporting a failure, or a list?
 
 Place in the flow: the last step of `message.parse` calls `classify(pm)`; the pipeline's
-guard step uses `mail_class` to never answer machines (mail loops) and `bounce_refs` to
-mark the outgoing message that bounced.  `class_reason` names the sign that decided,
+guard step uses `mail_class` to never answer machines (mail loops); `bounce_refs` and
+`bounce_subject` find the ticket of the message that bounced, and `bounce_failed` the
+recipients to send no more automatic mail to.  `class_reason` names the sign that decided,
 for the ticket's history.
 
 Signs, strongest first (a DSN often also says `Auto-Submitted: auto-replied`, so bounces
@@ -23,6 +24,7 @@ are tested before auto-replies, and both before bulk):
 from __future__ import annotations
 
 import re
+from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 from typing import NamedTuple
 
@@ -33,6 +35,8 @@ class Classification(NamedTuple):
     mail_class: MailClass
     reason: str
     bounce_refs: list[str]
+    bounce_subject: str = ""  # the returned message's Subject (it may carry our token)
+    bounce_failed: list[tuple[str, str]] = []  # (recipient, 5.x.x status) failed for good
 
 
 NORMAL = Classification(MailClass.NORMAL, "", [])
@@ -75,7 +79,8 @@ def classify(pm: ParsedMessage) -> Classification:
     """The mail class of `pm`, the sign that decided, and for a bounce the reported ids."""
     bounce = _bounce_reason(pm)
     if bounce:
-        return Classification(MailClass.BOUNCE, bounce, _bounce_refs(pm))
+        refs, subject = _returned(pm)
+        return Classification(MailClass.BOUNCE, bounce, refs, subject, _failed(pm))
     auto = _auto_reply_reason(pm)
     if auto:
         return Classification(MailClass.AUTO_REPLY, auto, [])
@@ -101,7 +106,7 @@ def _bounce_reason(pm: ParsedMessage) -> str:
     local = pm.from_.email.partition("@")[0] if pm.from_ else ""
     if _DAEMON_LOCAL.match(local):
         return f"From: {pm.from_.email if pm.from_ else ''} with subject {pm.subject[:80]!r}"
-    if (pm.header("return-path") or "").strip() == "<>":
+    if pm.envelope_sender == "":
         return f"Return-Path: <> with subject {pm.subject[:80]!r}"
     return ""
 
@@ -140,15 +145,17 @@ def _bulk_reason(pm: ParsedMessage) -> str:
     return ""
 
 
-def _bounce_refs(pm: ParsedMessage) -> list[str]:
-    """Message-IDs of the message(s) the bounce reports on.
+def _returned(pm: ParsedMessage) -> tuple[list[str], str]:
+    """Message-IDs of the message(s) the bounce reports on, and the returned Subject.
 
     Where they are, by mailer: the attached message/rfc822 (Postfix, Gmail, Exchange) or
     text/rfc822-headers (RFC 6522) part; the bounce's own In-Reply-To/References (some
     Exchange and Google NDRs); a "Message-ID:" line in the text (qmail quotes the
-    original inline, with no attachment).
+    original inline, with no attachment).  Some MTAs rewrite the Message-ID of what
+    they relay, so the returned Subject (with the ticket's token) is the second way back.
     """
     refs: list[str] = []
+    subject = ""
     for att in pm.attachments:
         if att.content_type in (
             "message/rfc822",
@@ -161,6 +168,7 @@ def _bounce_refs(pm: ParsedMessage) -> list[str]:
             try:
                 msg = BytesHeaderParser().parsebytes(head)
                 value = str(msg.get("message-id") or "")
+                subject = subject or _decoded(msg.get("subject"))
             except Exception:  # noqa: BLE001 - a broken attached header is no reason to fail
                 value = ""
             refs.extend(m for m in _MSG_ID.findall(value) if m not in refs)
@@ -170,4 +178,43 @@ def _bounce_refs(pm: ParsedMessage) -> list[str]:
         for m in _MESSAGE_ID_LINE.finditer(pm.text[:65536]):
             if m.group(1) not in refs and m.group(1) != pm.message_id:
                 refs.append(m.group(1))
-    return refs[:20]
+    return refs[:20], subject
+
+
+def _decoded(value) -> str:
+    """A header value from `BytesHeaderParser` as one line of text (RFC 2047 decoded)."""
+    if value is None:
+        return ""
+    try:
+        text = str(make_header(decode_header(str(value))))
+    except Exception:  # noqa: BLE001 - an unknown charset: the raw words still hold the token
+        text = str(value)
+    return " ".join(text.replace("\x00", "").split())[:998]
+
+
+_STATUS = re.compile(r"^\s*status\s*:\s*(\d\.\d{1,3}\.\d{1,3})", re.IGNORECASE | re.MULTILINE)
+_RECIPIENT = re.compile(
+    r"^\s*(original|final)-recipient\s*:\s*[^;\n]*;\s*<?([^\s<>]+@[^\s<>]+?)>?\s*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def _failed(pm: ParsedMessage) -> list[tuple[str, str]]:
+    """(recipient, status) of each per-recipient group of the DSN that failed for good.
+
+    RFC 3464 section 2.3: a group names the recipient (Original-Recipient, the address as
+    we wrote it, before any forwarding, else Final-Recipient) and a Status whose first
+    digit 5 is a permanent failure (RFC 3463); 4 is transient and changes nothing.
+    """
+    failed: list[tuple[str, str]] = []
+    for att in pm.attachments:
+        if att.content_type not in ("message/delivery-status", "message/global-delivery-status"):
+            continue
+        text = att.payload[:65536].decode("utf-8", "replace").replace("\r\n", "\n")
+        for group in re.split(r"\n\s*\n", text)[1:]:  # the first group is per-message
+            status = _STATUS.search(group)
+            found = {kind.lower(): addr.lower() for kind, addr in _RECIPIENT.findall(group)}
+            address = found.get("original") or found.get("final")
+            if status and address and status.group(1).startswith("5"):
+                failed.append((address, status.group(1)))
+    return failed[:20]

@@ -58,6 +58,7 @@ MAX_DEFECTS = 50
 _SIMPLE_ADDRESS = re.compile(
     r'\s*(?:"([^"\\]*)"|([^"<>,;:@\\()\[\]]*?))\s*<([^<>\s"(),;:@]+@[^<>\s"(),;:@]+)>\s*$'
 )
+_ANGLE = re.compile(r"<([^<>]*)>")
 _BARE_ADDRESS = re.compile(r'\s*<?([^<>\s"(),;:@]+@[^<>\s"(),;:@]+)>?\s*$')
 _ADDRESS_HEADERS = ("from", "to", "cc", "reply-to", "sender")
 _EML_POLICY = compat32.clone(linesep="\r\n")  # an .eml file is in wire format
@@ -102,7 +103,9 @@ def _parse(raw: bytes, defects: list[str]) -> ParsedMessage:
 def _finish(pm: ParsedMessage) -> None:
     """The derived fields, each on its own so one failing does not lose the others."""
     try:
-        pm.mail_class, pm.class_reason, pm.bounce_refs = autoreply.classify(pm)
+        pm.mail_class, pm.class_reason, pm.bounce_refs, pm.bounce_subject, pm.bounce_failed = (
+            autoreply.classify(pm)
+        )
     except Exception as exc:  # noqa: BLE001
         pm.defects.append(f"classification failed ({type(exc).__name__})")
     try:
@@ -154,6 +157,19 @@ def _fill_envelope(pm: ParsedMessage, msg: Message, defects: list[str]) -> None:
         defects.append(f"References with {len(pm.references)} ids; kept the newest {MAX_IDS}")
         pm.references = pm.references[-MAX_IDS:]
     pm.date = parse_date(pm.header("date"), defects)
+    pm.envelope_sender = _envelope_sender(pm.header("return-path"))
+
+
+def _envelope_sender(value: str | None) -> str | None:
+    """The address of the topmost Return-Path: "" for the null sender.
+
+    `<>` is the null reverse-path (RFC 5321 section 4.5.5); some MTAs (Sendmail, qmail's
+    tools) write it as `<MAILER-DAEMON>`, a local part without a domain."""
+    if value is None:
+        return None
+    m = _ANGLE.search(value)
+    address = (m.group(1) if m else value).strip().lower()
+    return "" if address in ("", "mailer-daemon") else address
 
 
 def _addresses(values: list[str], what: str, defects: list[str]) -> list[Address]:
