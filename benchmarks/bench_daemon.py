@@ -76,7 +76,7 @@ class Daemon:
         self.url = url
         self.cfg = workdir / "mailticket.toml"
         self.cfg.write_text(
-            f'[helpdesk]\naddress = "{RCPT}"\nauto_reply_limit = 100000\n'
+            f'[helpdesk]\naddress = "{RCPT}"\nauto_reply_limit = 100000\nauto_reply_limit_domain = 100000\nauto_reply_limit_total = 100000\n'
             f'[database]\nurl = "{url}"\n[paths]\nrules = "{ROOT / "rules"}"\n'
             f'[smtp]\nlisten = "127.0.0.1:{self.smtp_port}"\n'
             f'[daemon]\nhttp = "127.0.0.1:{self.http_port}"\n' + imap

@@ -160,7 +160,7 @@ def child_pipeline(mbox: str, url: str, workdir: str) -> dict:
 
     cfg = Path(workdir) / "mailticket.toml"
     cfg.write_text(
-        f'[helpdesk]\naddress = "support@helpdesk.test"\nauto_reply_limit = 1000\n'
+        f'[helpdesk]\naddress = "support@helpdesk.test"\nauto_reply_limit = 1000\nauto_reply_limit_domain = 100000\nauto_reply_limit_total = 100000\n'
         f'[database]\nurl = "{url}"\n[paths]\nrules = "{ROOT / "rules"}"\n'
     )
     start = time.perf_counter()

@@ -481,7 +481,7 @@ def ticket() -> None:
 @click.option("--status", help="Only tickets with this status.")
 @click.option("--queue", help="Only tickets in this queue.")
 @click.option("--requester", help="Only tickets of this customer address.")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, help="At most this many tickets, newest first.")
 @json_option
 @click.pass_obj
 def ticket_list(obj: Ctx, status, queue, requester, limit, as_json) -> None:
@@ -650,7 +650,7 @@ def inbox() -> None:
 @click.option("--outcome", type=click.Choice(["created", "appended", "duplicate", "suppressed",
                                              "bounce"]), help="Only messages with this outcome.")
 @click.option("--unmatched", is_flag=True, help="Only messages that went to no ticket.")
-@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--limit", type=int, default=100, show_default=True, help="At most this many messages.")
 @json_option
 @click.pass_obj
 def inbox_list(obj: Ctx, outcome: str | None, unmatched: bool, limit: int, as_json: bool) -> None:

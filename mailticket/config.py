@@ -44,8 +44,11 @@ class Helpdesk:
     # per recipient domain per hour (a helpdesk elsewhere that answers from a new address
     # each time loops through one domain), and in all per hour.
     auto_reply_limit: int = 5
-    auto_reply_limit_domain: int = 20
-    auto_reply_limit_total: int = 500
+    # A domain's limit must leave room for a big mail provider's many customers
+    # (gmail.com): it is a safety net, replies to our own mail from strangers are never
+    # acknowledged in the first place.
+    auto_reply_limit_domain: int = 100
+    auto_reply_limit_total: int = 1000
 
     @property
     def domain(self) -> str:

@@ -38,7 +38,7 @@ from imapclient import IMAPClient  # type: ignore[import-untyped]
 from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
 
 from .config import Imap, read_secret
-from .db import DatabaseError, writing
+from .db import TRANSIENT_ERRORS, DatabaseError, writing
 from .errors import MailticketError, StorageError
 from .intake import Incoming, store_many
 from .models import ImapState, database_proxy
@@ -158,7 +158,7 @@ class ImapPoller:
     def _load_state(self, uidvalidity: int) -> None:
         try:
             state = ImapState.get_or_none(ImapState.mailbox == self.key)
-        except DatabaseError as exc:
+        except (DatabaseError, *TRANSIENT_ERRORS) as exc:  # a lost connection is an InterfaceError
             raise StorageError(f"cannot read the IMAP state: {exc}") from exc
         self._uidvalidity = uidvalidity
         if state is None:  # first connection: the backlog is history
@@ -194,7 +194,7 @@ class ImapPoller:
             with writing(), database_proxy.atomic():  # store_many's nests as a savepoint
                 ids = store_many(items, now=self.clock.now()) if items else []
                 self._save_state(last_uid, importing)
-        except DatabaseError as exc:
+        except (DatabaseError, *TRANSIENT_ERRORS) as exc:
             raise StorageError(f"could not store the IMAP state: {exc}") from exc
         self._last_uid, self._importing = last_uid, importing
         self._saved_uidvalidity = None if importing else self._uidvalidity

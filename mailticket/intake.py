@@ -101,6 +101,10 @@ class Worker:
                 break
             last_id = next_id
             results.extend(batch_results)
+            for r in batch_results:  # committed: the story of each message, one line
+                log.info("inbox %d %s: %s%s%s", r.inbox_id, r.message_id or "-", r.outcome,
+                         f" ticket #{r.ticket} (queue {r.queue}, {r.priority})" if r.ticket else "",
+                         f": {r.reason}" if r.reason else "")
             if on_result:
                 for r in batch_results:
                     on_result(r)

@@ -58,6 +58,8 @@ class Result:
     step: str | None = None
     source: str | None = None
     latency: float | None = None  # seconds from receipt to this result
+    queue: str | None = None  # the ticket's, after the rules
+    priority: str | None = None
 
     def as_dict(self) -> dict:
         return {"message_id": self.message_id, "outcome": self.outcome, "ticket": self.ticket,
@@ -503,6 +505,9 @@ class Pipeline:
             raise StepFailed("finish", exc) from exc
         for name, value in done.items():
             setattr(row, name, value)
+        t = run.ticket
         return Result(row.id, run.parsed.message_id if run.parsed else None, run.outcome,
                       row.ticket, run.reason, source=row.source,
-                      latency=(row.processed_at - row.received_at).total_seconds())
+                      latency=(row.processed_at - row.received_at).total_seconds(),
+                      queue=t.queue if t is not None else None,
+                      priority=t.priority if t is not None else None)

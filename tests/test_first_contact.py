@@ -94,3 +94,33 @@ def test_every_configuration_problem_is_reported_at_once(tmp_path):
     assert len(lines) == len(wanted)
     assert "Traceback" not in res.output
 
+
+
+def test_the_log_tells_each_messages_story(helpdesk, caplog):
+    import logging
+
+    from mails import mail
+
+    caplog.set_level(logging.INFO, logger="mailticket.intake")
+    first = mail(message_id="<story-1@customer.test>")
+    helpdesk.ingest(first)
+    helpdesk.ingest(first)  # again: a duplicate
+    lines = [r.getMessage() for r in caplog.records if r.name == "mailticket.intake"]
+    assert any(line.startswith("inbox 1 <story-1@customer.test>: created ticket #1 (queue general, P3)")
+               for line in lines), lines
+    assert any(line.startswith("inbox 2 <story-1@customer.test>: duplicate ticket #1") for line in lines)
+
+
+def test_every_option_has_help():
+    import click
+
+    def walk(cmd, path=()):
+        yield path, cmd
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, (*path, name))
+
+    missing = [f"{' '.join(path) or 'mailticket'} {p.opts[0]}"
+               for path, cmd in walk(main) for p in cmd.params
+               if isinstance(p, click.Option) and not p.help and p.name != "help"]
+    assert not missing, f"options without help: {missing}"
