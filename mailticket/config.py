@@ -22,10 +22,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError
+from .states import PRIORITIES
 
 DEFAULT_PATH = "mailticket.toml"
 ENV_VAR = "MAILTICKET_CONFIG"
-PRIORITIES = ("P1", "P2", "P3", "P4")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,11 @@ class Helpdesk:
 @dataclass(frozen=True)
 class Database:
     url: str = "sqlite:///var/mailticket.db"
+
+    @property
+    def is_sqlite(self) -> bool:
+        """SQLite (one daemon, a writer lock) rather than PostgreSQL (row locks)."""
+        return self.url.startswith("sqlite:")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import peewee
 from playhouse.db_url import connect
 
 from . import models
-from .errors import StorageError
+from .errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,17 @@ def open_database(url: str, *, migrate: bool = True) -> peewee.Database:
         try:
             db = connect(url)
         except (ImportError, RuntimeError, peewee.ImproperlyConfigured) as exc:
-            raise StorageError(f"cannot use {url}: {exc}") from None
+            raise StorageError(f"cannot use {redact(url)}: {exc}") from None
     try:
         db.connect(reuse_if_open=True)
+    except peewee.ImproperlyConfigured as exc:
+        # peewee looks for the driver only when it connects.  psycopg2 is the extra
+        # `postgres`, so that a SQLite helpdesk installs without a compiled driver.
+        # Not a StorageError: waiting will not install it.
+        problem = str(exc)
+        if isinstance(db, peewee.PostgresqlDatabase):
+            problem = "the PostgreSQL driver (psycopg2) is not installed: pip install 'mailticket[postgres]'"
+        raise ConfigError(f"[database] url = {redact(url)}: {problem}") from None
     except peewee.OperationalError as exc:
         raise StorageError(f"cannot connect to the database {redact(url)}: {exc}") from None
     models.database_proxy.initialize(db)
@@ -101,7 +110,7 @@ def writing() -> Iterator[None]:
             _writer.depth -= 1
         return
     db = models.database_proxy.obj
-    path = getattr(db, "database", "") if isinstance(db, peewee.SqliteDatabase) else ""
+    path = getattr(db, "database", "") if is_sqlite() else ""
     fd = _lock_file(path) if path and path != ":memory:" else None
     if fd is not None:
         _take(fd, dict(SQLITE_PRAGMAS)["busy_timeout"] / 1000)
@@ -189,11 +198,16 @@ def check() -> str | None:
 
 def redact(url: str) -> str:
     """The URL without its password, for messages and logs."""
-    if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
-        scheme, rest = url.split("//", 1)
-        cred, host = rest.split("@", 1)
-        return f"{scheme}//{cred.split(':', 1)[0]}:***@{host}"
-    return url
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def is_sqlite() -> bool:
+    """Is the bound database SQLite (one writer at a time) rather than PostgreSQL?"""
+    return isinstance(models.database_proxy.obj, peewee.SqliteDatabase)
 
 
 def _v1(db: peewee.Database) -> None:

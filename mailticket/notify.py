@@ -23,13 +23,13 @@ address must not go out now (limits per address, per domain and in all; a bounce
 from __future__ import annotations
 
 import base64
+import email.utils
 import os
 import re
 import struct
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.utils import formataddr
 from pathlib import Path
 
 import jinja2
@@ -92,12 +92,15 @@ def split_headers(text: str, name: str) -> Rendered:
     return Rendered(subject=subject, body=body)
 
 
+MSGID_TAG = "mailticket"  # in every Message-ID we make, so we know our own mail when it returns
+
+
 def make_msgid(domain: str) -> str:
     """A Message-ID of our own domain (RFC 5322 section 3.6.4)."""
-    return f"<{uuid.uuid4().hex}@{domain}>"
+    return email.utils.make_msgid(idstring=MSGID_TAG, domain=domain)
 
 
-_OUR_MSGID = re.compile(r"<[0-9a-f]{32}@([^<>@\s]+)>")
+_OUR_MSGID = re.compile(r"<[0-9.]+\." + MSGID_TAG + r"@([^<>@\s]+)>")
 
 
 def is_our_msgid(message_id: str, domain: str) -> bool:
@@ -194,7 +197,7 @@ def acknowledge(ticket, *, to: str, kind: str, token: str, parent, helpdesk, tem
                                 subject=ticket.subject, name=ticket.requester_name,
                                 helpdesk=helpdesk.name, ticket=ticket)
     msgid = make_msgid(helpdesk.domain)
-    headers = {"From": formataddr((helpdesk.name, helpdesk.address)),
+    headers = {"From": email.utils.formataddr((helpdesk.name, helpdesk.address)),
                **reply_headers(parent.message_id, parent.references, parent.header("thread-index"),
                                ticket.subject[:MAX_SUBJECT], now, automatic=True)}
     queue(kind="ack", ticket=ticket.number, mail_from=helpdesk.address, to=to, rendered=rendered,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from . import models
 from .config import Config, Outgoing
-from .db import writing
+from .db import is_sqlite, writing
 from .models import Outbox, fn
 from .smarthost import Outage, PermanentFailure, SmtpTransport, TemporaryFailure, TransportFailure
 
@@ -212,7 +212,7 @@ def claim(now: datetime, limit: int) -> list[Outbox]:
     query = Outbox.select(Outbox.id).where(due).order_by(Outbox.id).limit(limit)
     db = models.database_proxy
     with writing(), db.atomic():
-        if not isinstance(db.obj, models.SqliteDatabase):
+        if not is_sqlite():
             query = query.for_update("FOR UPDATE SKIP LOCKED")
         ids = [row.id for row in query]
         if not ids:

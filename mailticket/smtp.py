@@ -39,7 +39,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from . import intake, smtp_limits
-from .config import Config
+from .config import Config, host_port
 from .errors import ConfigError, StorageError
 from .models import database_proxy
 
@@ -378,10 +378,9 @@ class Listener:
     def __init__(self, config: Config, clock: Any, on_stored: Callable[[int], None] | None,
                  writers: int | None = None) -> None:
         smtp = config.smtp
-        host, _, port = smtp.listen.rpartition(":")
-        self.host, self.port = host.strip("[]"), int(port)
+        self.host, self.port = host_port(smtp.listen)
         tls_context = _tls_context(smtp.tls_cert, smtp.tls_key)
-        backend = "sqlite" if config.database.url.startswith("sqlite") else "postgresql"
+        backend = "sqlite" if config.database.is_sqlite else "postgresql"
         self.writers = writers or WRITERS[backend]
         self.writer = Writer(clock, "lmtp" if smtp.lmtp else "smtp", self.writers)
         # gethostname(), not getfqdn(): no DNS lookup that could hang the start.

@@ -8,7 +8,7 @@ mail systems (limits per domain and in all), and what we store of hostile header
 
 from __future__ import annotations
 
-import uuid
+from mailticket.notify import make_msgid
 
 from mails import mail
 
@@ -102,7 +102,7 @@ def test_a_strangers_reply_to_our_mail_is_never_acknowledged(helpdesk):
     assert helpdesk.show(3)["linked_to"] == 2
     assert "reply to our mail" in res["reason"]
     # No token, and an id of our own making that no ticket has (a cleaned-up database).
-    ours = f"<{uuid.uuid4().hex}@helpdesk.test>"
+    ours = make_msgid("helpdesk.test")
     [res] = helpdesk.ingest(mail(sender="desk-78@otherdesk.test", subject="Re: Printer", references=ours))
     assert res["outcome"] == "created" and "reply to our mail" in res["reason"]
     assert len(acks(helpdesk)) == 2
