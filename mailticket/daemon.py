@@ -52,7 +52,7 @@ from typing import NoReturn
 from . import config as config_mod
 from . import outbox
 from .app import App, load_ruleset, open_app
-from .config import Config
+from .config import Config, host_port
 from .db import TRANSIENT_ERRORS, open_database, reset_connection
 from .db import check as check_database
 from .errors import ConfigError, MailticketError, RulesError, StorageError
@@ -63,6 +63,7 @@ from .pipeline import Env, Pipeline, Result
 log = logging.getLogger(__name__)
 
 DAEMON_BATCH = 10  # messages per worker transaction in the daemon (ingest uses 100)
+DAEMON_BACKLOG_BATCH = 50  # up to which a backlog's batches grow (the edges wait meanwhile)
 COALESCE_SECONDS = 0.02
 OUTBOX_GATHER_SECONDS = 0.1
 OUTBOX_PASS = 200  # rows per delivery pass: one commit, one metrics message
@@ -257,6 +258,7 @@ def worker_main(config_path: str | None, stop, events, wake, outbox_wake) -> Non
         cfg = config_mod.load(config_path)
         setup_logging(cfg.daemon.log_format)
         app = open_app(cfg, batch=DAEMON_BATCH)
+        app.worker.most = DAEMON_BACKLOG_BATCH
     except MailticketError as exc:
         cannot_start("worker", exc)
     worker = Worker(app, config_path, life, wake, events, outbox_wake)
@@ -337,7 +339,7 @@ def outbox_main(config_path: str | None, stop, events, wake) -> None:
         cfg = config_mod.load(config_path)
         setup_logging(cfg.daemon.log_format)
         db = open_database(cfg.database.url, migrate=False)
-        if cfg.database.url.startswith("sqlite"):
+        if cfg.database.is_sqlite:
             # A daemon on SQLite is alone on its database: a row still `sending` was
             # claimed by an outbox process that was killed; it goes out now, not after
             # its lease.
@@ -494,9 +496,9 @@ class Daemon:
 
             pollers = [(box, ImapPoller(box, self.clock, on_stored=self.stored)) for box in cfg.imap]
         if cfg.daemon.http:
-            host, _, port = cfg.daemon.http.rpartition(":")
+            host, port = host_port(cfg.daemon.http)
             try:
-                http = HttpEndpoint(host, int(port), self.metrics, self.health)
+                http = HttpEndpoint(host, port, self.metrics, self.health)
             except OSError as exc:
                 raise ConfigError(f"[daemon] http = {cfg.daemon.http}: cannot listen there: "
                                   f"{_reason(exc)}") from None

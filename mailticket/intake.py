@@ -31,6 +31,7 @@ from .pipeline import Pipeline, Quarantine, Result, StepFailed
 log = logging.getLogger(__name__)
 
 BATCH = 100
+STORE_ROWS = 100  # inbox rows per INSERT (SQLite allows 32,766 parameters in a statement)
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,12 @@ def store_many(items: Iterable[Incoming], *, now) -> list[int]:
     while True:
         try:
             with writing(), db.atomic():
-                return [
-                    models.insert(Inbox, dict(
-                        received_at=now, source=i.source, mailbox=i.mailbox, queue=i.queue,
-                        raw=i.raw, state="pending", silent=i.silent,
-                    ))
-                    for i in items
-                ]
+                rows = [dict(received_at=now, source=i.source, mailbox=i.mailbox, queue=i.queue,
+                             raw=i.raw, state="pending", silent=i.silent) for i in items]
+                # A few statements, not one per message (a round trip each on PostgreSQL).
+                return [key for start in range(0, len(rows), STORE_ROWS)
+                        for key in models.insert_many(Inbox, rows[start:start + STORE_ROWS],
+                                                      keys=True)]
         except TRANSIENT_ERRORS as exc:
             if again:
                 again = False
@@ -82,9 +82,13 @@ def _line(exc: BaseException) -> str:
 class Worker:
     """Runs the pipeline over pending inbox rows, oldest first."""
 
-    def __init__(self, pipeline: Pipeline, batch: int = BATCH) -> None:
+    def __init__(self, pipeline: Pipeline, batch: int = BATCH, most: int | None = None) -> None:
         self.pipeline = pipeline
-        self.batch = batch
+        self.batch = batch  # the first batch of each pass: what a burst of new mail waits for
+        # While a backlog lasts (every batch full) each batch doubles, up to `most`: one
+        # transaction for many rows drains a backlog faster, whereas fresh mail wants the
+        # small first batch (it holds the SQLite writer lock the edges wait for).
+        self.most = most or batch
 
     def run_pending(self, ids: list[int] | None = None,
                     on_result: Callable[[Result], None] | None = None) -> list[Result]:
@@ -94,12 +98,12 @@ class Worker:
         pending; those of earlier batches are committed): wait, and call it again.
         """
         results: list[Result] = []
-        last_id, full = 0, True
+        last_id, full, size = 0, True, self.batch
         while full:  # a batch that was not full took every row that was pending
-            batch_results, next_id, full = self._run_batch(ids, last_id)
+            batch_results, next_id, full = self._run_batch(ids, last_id, size)
             if next_id == last_id:
                 break
-            last_id = next_id
+            last_id, size = next_id, min(size * 2, max(self.most, self.batch))
             results.extend(batch_results)
             for r in batch_results:  # committed: the story of each message, one line
                 log.info("inbox %d %s: %s%s%s", r.inbox_id, r.message_id or "-", r.outcome,
@@ -110,23 +114,25 @@ class Worker:
                     on_result(r)
         return results
 
-    def _pending(self, ids: list[int] | None, after: int):
+    def _pending(self, ids: list[int] | None, after: int, size: int):
         query = Inbox.select().where((Inbox.state == "pending") & (Inbox.id > after))
         if ids is not None:
             query = query.where(Inbox.id.in_(ids))
-        return query.order_by(Inbox.id).limit(self.batch)
+        return query.order_by(Inbox.id).limit(size)
 
-    def _run_batch(self, ids: list[int] | None, after: int) -> tuple[list[Result], int, bool]:
-        """Take the next pending rows and process them in one transaction.
+    def _run_batch(self, ids: list[int] | None, after: int, size: int
+                   ) -> tuple[list[Result], int, bool]:
+        """Take the next `size` pending rows and process them in one transaction.
 
         Returns the results, the last id taken, and whether the batch was full."""
         try:
-            return self._process_batch(ids, after)
+            return self._process_batch(ids, after, size)
         except TRANSIENT_ERRORS as exc:
             raise StorageError(f"the database failed; the inbox rows stay pending: {_line(exc)}"
                                ) from exc
 
-    def _process_batch(self, ids: list[int] | None, after: int) -> tuple[list[Result], int, bool]:
+    def _process_batch(self, ids: list[int] | None, after: int, size: int
+                       ) -> tuple[list[Result], int, bool]:
         db = database_proxy
         pipeline = self.pipeline  # one pipeline per batch, even if a reload swaps it meanwhile
         out: list[Result] = []
@@ -136,7 +142,7 @@ class Worker:
             # SQLite has one write lock for the whole database, and the edges need it for
             # every message they accept: parse (the costliest step, pure CPU) before
             # taking it, so the lock is held for the database work alone.
-            rows = list(self._pending(ids, after))
+            rows = list(self._pending(ids, after, size))
             if not rows:
                 return out, after, False
             parsed = pipeline.parse_ahead(rows)
@@ -151,16 +157,21 @@ class Worker:
             else:
                 # Several daemons on one PostgreSQL database: each takes rows no other
                 # holds, so a message is processed once.
-                rows = todo = list(self._pending(ids, after).for_update("FOR UPDATE SKIP LOCKED"))
+                rows = todo = list(self._pending(ids, after, size).for_update("FOR UPDATE SKIP LOCKED"))
             for row in todo:
+                # A savepoint: a failure undoes this message only.  It is never released:
+                # the commit releases them all, and a RELEASE would cost PostgreSQL one
+                # more round trip per message.
+                point = f'"m{row.id}"'
+                db.execute_sql(f"SAVEPOINT {point}")
                 try:
-                    with db.atomic():  # a savepoint: a failure undoes this message only
-                        out.append(pipeline.run(row, parsed.get(row.id)))
+                    out.append(pipeline.run(row, parsed.get(row.id)))
                 except StepFailed as failed:
                     if isinstance(failed.cause, TRANSIENT_ERRORS):
                         raise failed.cause from None  # not this message's fault: undo the batch
+                    db.execute_sql(f"ROLLBACK TO SAVEPOINT {point}")
                     out.append(self._quarantine(row, failed))
-        return out, (rows[-1].id if rows else after), len(rows) == self.batch
+        return out, (rows[-1].id if rows else after), len(rows) == size
 
     def _quarantine(self, row: Inbox, failed: StepFailed) -> Result:
         if isinstance(failed.cause, Quarantine):

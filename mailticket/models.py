@@ -25,9 +25,6 @@ import peewee
 database_proxy = peewee.DatabaseProxy()
 _UTC = timezone.utc
 
-# Ticket statuses and priorities (DESIGN.md section 3).
-STATUSES = ("new", "open", "pending", "on-hold", "resolved", "closed")
-PRIORITIES = ("P1", "P2", "P3", "P4")
 # Subjects stored: a ticket's title, and a message's copy of its header (RFC 5322 2.1.1's
 # line length); a 1 MB subject line is hostile, not a title.
 MAX_TICKET_SUBJECT = 255
@@ -284,10 +281,12 @@ def insert(model: type[BaseModel], values: dict) -> int:
     return database_proxy.execute_sql(sql, params).fetchone()[0]
 
 
-def insert_many(model: type[BaseModel], rows: list[dict]) -> None:
-    """INSERT rows that share the same columns, in one statement."""
+def insert_many(model: type[BaseModel], rows: list[dict], *, keys: bool = False) -> list[int]:
+    """INSERT rows that share the same columns, in one statement; with `keys`, return their
+    primary keys in the order of `rows` (both backends number rows in the order given, so
+    the keys sorted are that order)."""
     if not rows:
-        return
+        return []
     rows = [_with_defaults(model, row) for row in rows]
     meta = model._meta
     names = tuple(rows[0])
@@ -296,11 +295,14 @@ def insert_many(model: type[BaseModel], rows: list[dict]) -> None:
     def build(param: str) -> str:
         cols = ", ".join(_q(f.column_name) for f in fields)
         one = "(" + ", ".join([param] * len(fields)) + ")"
-        return f"INSERT INTO {_q(meta.table_name)} ({cols}) VALUES " + ", ".join([one] * len(rows))
+        returning = f" RETURNING {_q(meta.primary_key.column_name)}" if keys else ""
+        return (f"INSERT INTO {_q(meta.table_name)} ({cols}) VALUES "
+                + ", ".join([one] * len(rows)) + returning)
 
-    sql = _sql(("insert_many", model, names, len(rows)), build)
+    sql = _sql(("insert_many", model, names, len(rows), keys), build)
     params = [f.db_value(row[f.name]) for row in rows for f in fields]
-    database_proxy.execute_sql(sql, params)
+    cursor = database_proxy.execute_sql(sql, params)
+    return sorted(r[0] for r in cursor.fetchall()) if keys else []
 
 
 def update(model: type[BaseModel], pk: int, values: dict) -> None:

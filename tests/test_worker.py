@@ -63,3 +63,33 @@ def test_a_failing_message_does_not_undo_its_batch(helpdesk, monkeypatch):
     bad = Inbox.get(Inbox.state == "quarantined")
     assert bad.step == "record" and "cannot record" in bad.reason
     app.close()
+
+
+def test_a_backlog_is_taken_in_growing_batches(helpdesk):
+    class Recording(intake.Worker):
+        sizes: list[int] = []
+
+        def _pending(self, ids, after, size):
+            self.sizes.append(size)
+            return super()._pending(ids, after, size)
+
+    app = open_app(load(helpdesk.config_path))
+    worker = Recording(app.pipeline, batch=2, most=8)
+    intake.store_many([intake.Incoming(mail(subject=f"m{n}"), "ingest") for n in range(20)],
+                      now=app.clock.now())
+    assert len(worker.run_pending()) == 20
+    # Small first (fresh mail waits for it), doubling while every batch is full, capped.
+    assert worker.sizes == [2, 4, 8, 8]
+    intake.store_many([intake.Incoming(mail(subject="new"), "ingest")], now=app.clock.now())
+    worker.sizes.clear()
+    assert len(worker.run_pending()) == 1
+    assert worker.sizes == [2]  # a new pass starts small again
+    app.close()
+
+
+def test_store_many_returns_each_message_its_own_id(helpdesk):
+    app = open_app(load(helpdesk.config_path))
+    raws = [mail(subject=f"m{n}") for n in range(intake.STORE_ROWS + 5)]  # two statements
+    ids = intake.store_many([intake.Incoming(raw, "ingest") for raw in raws], now=app.clock.now())
+    assert [bytes(Inbox.get_by_id(i).raw) for i in ids] == raws
+    app.close()
