@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-pytest_plugins = ["conftest_dovecot"]  # the private Dovecot for the IMAP tests
+pytest_plugins = ["conftest_dovecot", "postfix"]  # private Dovecot (IMAP tests), Postfix (deploy.md)
 
 PG_ADMIN_DSN = os.environ.get("MAILTICKET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
