@@ -1,4 +1,4 @@
-"""The IMAP edge: one poller per `[[imap]]` mailbox (DESIGN.md section 1).
+"""The IMAP edge: one poller per `[[imap]]` mailbox (docs/architecture.md section 1).
 
 Like the SMTP listener it only checks, stores and answers; the pipeline does the
 work later, from the durable inbox.  For each batch of new messages:
@@ -45,7 +45,7 @@ from .models import ImapState, database_proxy
 
 log = logging.getLogger(__name__)
 
-BATCH = 200  # messages per UID FETCH of bodies (NOTES.md: batches make IMAP fast)
+BATCH = 200  # messages per UID FETCH of bodies (docs/performance.md: batches make IMAP fast)
 BATCH_BYTES = 16 * 1024 * 1024  # and at most this many bytes of mail in memory at once
 TIMEOUT = 60.0  # socket timeout for connect and every command
 IDLE_RENEW = 25 * 60  # RFC 2177: a server may drop a client idle for 30 minutes

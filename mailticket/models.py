@@ -1,4 +1,4 @@
-"""The peewee models: what mailticket stores (DESIGN.md section 3).
+"""The peewee models: what mailticket stores (docs/architecture.md).
 
     Inbox        the durable inbox: every received message, raw, before any work;
                  its state is pending, done or quarantined (with the step and reason)
@@ -233,7 +233,7 @@ SqliteDatabase = peewee.SqliteDatabase
 
 # --- compiled statements for the pipeline's hot path -------------------------------------
 #
-# Building a query with peewee costs about ten times running it (NOTES.md: 1,800
+# Building a query with peewee costs about ten times running it (docs/performance.md: 1,800
 # indexed lookups/s through the ORM, 18,000/s through sqlite3).  The pipeline runs a
 # dozen statements a message, so its few hot ones are compiled once per database
 # and column set here and executed with parameters; values still go through each

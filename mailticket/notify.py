@@ -9,7 +9,7 @@ shipped one (as datasette does).
 Only the row is written here, on the pipeline's hot path: a subject, a body and
 the headers that matter.  The MIME message is built when the outbox delivers it
 (`outbox.build`), since building and serialising costs more than the parse
-(NOTES.md: ~3 ms a message).
+(docs/performance.md: ~3 ms a message).
 
 Every automatic message carries the headers of RFC 3834 (`Auto-Submitted`), a
 Message-ID of our own domain, In-Reply-To/References to the customer's message and

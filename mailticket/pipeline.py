@@ -1,4 +1,4 @@
-"""The pipeline: what happens to one stored message, step by step (DESIGN.md section 1).
+"""The pipeline: what happens to one stored message, step by step (docs/architecture.md section 1).
 
     parse -> dedupe -> guard -> thread -> route -> record -> notify
 

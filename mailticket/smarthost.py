@@ -2,7 +2,7 @@
 
 Its place in the flow: `outbox.deliver_due` claims the rows that are due and hands
 each one, built, to a transport; this one keeps one connection open across rows
-(NOTES.md: 160 messages/s against a new connection per message).
+(docs/performance.md: 160 messages/s against a new connection per message).
 
 Failures come in three kinds, because each is handled differently:
 - `TransportFailure`: the smarthost itself (connect, greeting, TLS, AUTH).  No row is

@@ -1,6 +1,6 @@
 """The SMTP/LMTP listener: the edge where mail arrives from an MTA or a client.
 
-Its place in the flow (DESIGN.md 1): the edge only checks, stores and answers.
+Its place in the flow (docs/architecture.md section 1): the edge only checks, stores and answers.
 It refuses recipients that are not ours (550: never an open relay) and messages
 over the size limit (552), commits the raw bytes to the durable inbox (one row
 per message, whatever the number of recipients), and only then answers 250;

@@ -1,6 +1,6 @@
 """How many clients the SMTP/LMTP listener serves at once, and a log that a flood cannot grow.
 
-Its place in the flow (DESIGN.md 1): in front of the edge.  `smtp.py` asks `admit`
+Its place in the flow (docs/architecture.md section 1): in front of the edge.  `smtp.py` asks `admit`
 when a connection opens and calls `release` when it closes; past `[smtp]
 max_connections` (overall) or `max_connections_per_ip` the client gets 421 and is
 closed at once, so it holds a file descriptor for a moment only.

@@ -1,6 +1,6 @@
 """Tickets: find one for a message, create one, change its status, list them.
 
-Threading order (DESIGN.md section 1): the subject token first, then In-Reply-To
+Threading order (docs/architecture.md section 1): the subject token first, then In-Reply-To
 and References matched against every stored message id (ours and the
 customers'), then a new ticket.  A token alone is not proof: a stranger who puts
 `[#12]` in a subject must not write into someone else's ticket (`may_write`).
@@ -67,7 +67,7 @@ def listing(*, status: str | None = None, queue: str | None = None, requester: s
 
 
 def as_dict(ticket: Ticket, *, full: bool = True) -> dict:
-    """The ticket as the `ticket show --json` contract gives it (DESIGN.md section 4)."""
+    """The ticket as the `ticket show --json` contract gives it (the README: Command line)."""
     out = {
         "number": ticket.number,
         "subject": ticket.subject,

@@ -6,7 +6,7 @@
     box.append(raw)                 # APPEND from the test side (imapclient)
     server.restart(); server.stop() # `doveadm -c CONF stop`; cleanup() also removes the folder
 
-Dovecot's rules for running as root in a temp folder (NOTES.md): mail processes
+Dovecot's rules for running as root in a temp folder: mail processes
 run as `nobody` (static userdb), who owns the mail folder; login and auth run as
 `dovenull`/`dovecot`, so the folder is mode 0755 and `imap-login`/`anvil` have no
 chroot.  The static passdb takes any user name with the one password, so every

@@ -11,7 +11,7 @@ The Postfix recipes are read from the fenced blocks of docs/deploy.md, each head
 by the file it belongs in (`# /etc/postfix/main.cf`), so the doc cannot drift from
 what is tested: `/etc/postfix/` becomes the private configuration folder, and the
 caller substitutes ports, paths and the user.  Around them a base configuration that
-never delivers beyond the machine (NOTES.md, "A private Postfix"): smtpd on a free
+never delivers beyond the machine: smtpd on a free
 loopback port, no `smtp`, `relay` or `local` service in master.cf, and every
 transport not named in the doc's transport map is an error.  /etc/postfix is never
 written, and read only for the package's own files (postfix-files, dynamicmaps.cf,

@@ -2,8 +2,8 @@
 a failed start, and a writer lock file owned by someone else.
 
 The daemon runs as a real `mailticket run` subprocess (tests/test_daemon.py's
-DaemonProc); a PostgreSQL outage is made for our test database alone (NOTES.md:
-ALLOW_CONNECTIONS false and its backends terminated, from the `postgres` database),
+DaemonProc); a PostgreSQL outage is made for our test database alone
+(ALLOW_CONNECTIONS false and its backends terminated, from the `postgres` database),
 and always undone in a `finally`.
 """
 
@@ -231,7 +231,7 @@ def _ingest_as(uid: int, hd, raw: bytes, imports: tuple[str, ...] = ()) -> tuple
     the exception it ended with (empty when it ended with its exit code), and the modules
     it had imported.  Forked, so that this process never holds the lock file open itself.
 
-    The interpreter lives under /root, out of nobody's reach (NOTES.md): `imports` (what a
+    The interpreter lives under /root, out of nobody's reach: `imports` (what a
     run as root loaded) are imported before the process drops root."""
     from click.testing import CliRunner
 

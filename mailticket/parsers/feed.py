@@ -1,7 +1,7 @@
 """Raw bytes -> a compat32 `email.message.Message`, in bounded time.
 
 Place in the flow: the first thing `message.parse` does.  The email package's feed
-parser with the compat32 policy is 3x faster than `policy.default` (NOTES.md) and
+parser with the compat32 policy is 3x faster than `policy.default` (docs/performance.md) and
 accepts anything; this module adds two things it lacks:
 
 - a time budget: the parser's cost per line grows with the multipart depth (each level

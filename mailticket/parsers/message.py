@@ -15,7 +15,7 @@ on a mix of plain, HTML, quoted replies and a 200 KB attachment (min of 100 runs
     HTML only               ~400       ~1,600 (inscriptis layout: see html.py)
     200 KB PDF            ~5,400       ~2,800 (1,000 of them to base64-decode it)
 
-So the MIME walk is our own, on the email package with the compat32 policy (NOTES.md),
+So the MIME walk is our own, on the email package with the compat32 policy (docs/performance.md),
 and large base64 bodies skip its line-by-line feed parser (`feed._stash_blobs`).
 """
 
