@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test setup test-deps bench lint clean
+.PHONY: run test setup test-deps wheel-smoke bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ test-deps:
 ## test: set up everything the tests need and run the whole suite (SQLite and PostgreSQL)
 test: $(STAMP) test-deps
 	$(BIN)/pytest -q
+
+## wheel-smoke: build the wheel, install it into a fresh venv, init + ingest + show one ticket
+wheel-smoke: $(STAMP)
+	VENV_PY=$(BIN)/python PY=$(PY) bash scripts/wheel-smoke.sh
 
 ## bench: the benchmarks, printing figures and ratios to their baselines
 bench: $(STAMP)

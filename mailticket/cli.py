@@ -1,7 +1,7 @@
 """The `mailticket` command tree (click): options in, a library call, a table or JSON out.
 
 Errors a user can fix become one clear line (`click.ClickException`), never a
-traceback.  `--json` output is for scripts and is a contract (DESIGN.md section 4).
+traceback.  `--json` output is for scripts and is a contract (the README: Command line).
 Exit code 75 (EX_TEMPFAIL) tells an MTA to retry later, 67 (EX_NOUSER) that the
 recipient is unknown (`ingest`, docs/deploy.md).
 """
@@ -17,6 +17,7 @@ import shutil
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import click
@@ -31,7 +32,9 @@ from .rules import check_rules, load_rules
 log = logging.getLogger(__name__)
 
 EX_TEMPFAIL = 75
-SAMPLE_RULES = Path(__file__).resolve().parent.parent / "rules"
+# The repository's rules/ (what admins read), shipped in the package as the symlink
+# mailticket/sample_rules: `init` finds it from a wheel and an editable install alike.
+SAMPLE_RULES = resources.files(__package__) / "sample_rules"
 
 
 class TryLater(click.ClickException):
@@ -188,7 +191,8 @@ def init(obj: Ctx, directory: str | None, address: str, name: str, force: bool) 
         click.echo(f"wrote {cfg_file}")
     rules_dir = target / "rules"
     if not rules_dir.exists() and SAMPLE_RULES.is_dir():
-        shutil.copytree(SAMPLE_RULES, rules_dir)
+        with resources.as_file(SAMPLE_RULES) as sample:  # a folder on disk (a zip too, Python 3.12+)
+            shutil.copytree(sample, rules_dir)
         click.echo(f"copied the sample rules to {rules_dir}")
     rules_dir.mkdir(exist_ok=True)
     (target / "templates").mkdir(exist_ok=True)

@@ -31,7 +31,7 @@ from .errors import ConfigError, StorageError
 log = logging.getLogger(__name__)
 
 # SQLite: WAL lets readers (the CLI) work while the daemon writes; synchronous=NORMAL
-# is durable across a process crash in WAL mode (NOTES.md: 1,100 commits/s vs 250/s
+# is durable across a process crash in WAL mode (docs/performance.md: 1,100 commits/s vs 250/s
 # with a rollback journal); busy_timeout turns a short lock into a wait, not an error.
 SQLITE_PRAGMAS = (
     ("journal_mode", "wal"),
