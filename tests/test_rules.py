@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 import re
@@ -11,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+import mailticket.rules
 from mailticket.errors import RulesError
+from mailticket.models import Ticket
 from mailticket.parsers import Address, Attachment, ParsedMessage
-from mailticket.rules import Problem, RuleContext, RuleSet, check_rules, load_rules
-from mailticket.rules_match import Pattern, fold
+from mailticket.rules import Decision, Problem, RuleContext, RuleSet, check_rules, load_rules
+from mailticket.rules.text import Pattern
+from mailticket.rules.view import fold
 from mailticket.sla import BusinessHours
 
 SAMPLES = Path(__file__).resolve().parent.parent / "rules"
@@ -692,3 +696,52 @@ def test_business_hours_errors(kw):
 def test_business_hours_need_an_aware_time():
     with pytest.raises(ValueError):
         BusinessHours().is_open(datetime(2026, 3, 2, 10, 0))
+
+
+# --- the decision and the package's shape -----------------------------------------------------
+
+
+def test_decision_ticket_changes(tmp_path):
+    """What pipeline._apply needs: set values replace, tags add up sorted, fields merge;
+    template, notify, ack and spam are not ticket columns."""
+    rs = rules(tmp_path, """
+        - name: all
+          then: {queue: billing, priority: P1, tier: 2, assignee: bob, tags: [vip, a],
+                 fields: {account: '42'}, template: ack-billing, notify: [ops], ack: false}
+        """)
+    decision = rs.evaluate(msg(), ctx()).decision
+    ticket = Ticket(queue="general", priority="P1", tier=1, assignee=None, group=None,
+                    tags=["b"], fields={"region": "eu"})
+    assert decision.ticket_changes(ticket) == {
+        "queue": "billing", "tier": 2, "assignee": "bob", "tags": ["a", "b", "vip"],
+        "fields": {"region": "eu", "account": "42"}}
+    same = Ticket(queue="billing", priority="P1", tier=2, assignee="bob", group=None,
+                  tags=["a", "vip"], fields={})
+    assert decision.ticket_changes(same) == {"fields": {"account": "42"}}
+    assert Decision().ticket_changes(ticket) == {}
+
+
+def test_rules_modules_import_one_way():
+    """The rules package has no import cycle, conditions never see the evaluator, and only
+    the loader imports ruamel.yaml."""
+    folder = Path(mailticket.rules.__file__).parent
+    imports = {}
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                found.add(node.module)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module] if isinstance(node, ast.ImportFrom) else [
+                    a.name for a in node.names]
+                assert not any((n or "").startswith("ruamel") for n in names) or \
+                    path.stem == "load", path
+        imports[path.stem] = found
+    done: list[str] = []  # a topological order exists only without a cycle
+    while len(done) < len(imports):
+        ready = [m for m in imports if m not in done and imports[m] <= set(done)]
+        assert ready, {m: imports[m] - set(done) for m in imports if m not in done}
+        done += ready
+    for cond in ("view", "text", "addresses", "conditions", "index"):
+        assert not imports[cond] & {"evaluate", "decision", "actions", "load"}, cond
