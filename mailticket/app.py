@@ -14,10 +14,10 @@ from .clock import SystemClock
 from .config import Config
 from .db import open_database
 from .errors import RulesError
-from .intake import Worker
 from .notify import Templates
 from .pipeline import Env, Pipeline
 from .rules import Problem, RuleSet, load_rules
+from .worker import InboxWorker
 
 
 @dataclass
@@ -27,7 +27,7 @@ class App:
     clock: object
     rules: RuleSet | None  # None when opened for reading only
     pipeline: Pipeline | None
-    worker: Worker | None
+    worker: InboxWorker | None
 
     def close(self) -> None:
         self.db.close()
@@ -77,7 +77,7 @@ def open_app(config: Config, clock=None, *, batch: int | None = None,
         raise
     env = Env(config, rules, clock=clock, templates=Templates(config.paths.templates))
     pipeline = Pipeline(env)
-    worker = Worker(pipeline, **({"batch": batch} if batch else {}))
+    worker = InboxWorker(pipeline, **({"batch": batch} if batch else {}))
     return App(config, db, clock, rules, pipeline, worker)
 
 

@@ -10,28 +10,33 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
-import mailbox
-import os
 import shutil
 import sys
-from collections import Counter
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 import click
 
-from . import __version__, envelope, intake, outbox, tickets
+from . import __version__, outbox, tickets
+from . import inbox as durable_inbox  # `inbox` is the name of a command group below
 from .app import App, load_config, missing_templates, open_app
 from .config import DEFAULT_PATH
 from .errors import MailticketError, RulesError, StorageError
-from .intake import Incoming
+from .ingest import (
+    EX_NOUSER,
+    EX_TEMPFAIL,
+    BadInput,
+    count_inputs,
+    log_for_pipe,
+    one_line,
+    refused_recipient,
+    store_and_process,
+)
+from .pipeline import Result
 from .rules import check_rules, load_rules
 
 log = logging.getLogger(__name__)
 
-EX_TEMPFAIL = 75
 # The repository's rules/ (what admins read), shipped in the package as the symlink
 # mailticket/sample_rules: `init` finds it from a wheel and an editable install alike.
 SAMPLE_RULES = resources.files(__package__) / "sample_rules"
@@ -234,20 +239,11 @@ def run(obj: Ctx) -> None:
 
 # --- ingest ------------------------------------------------------------------------------
 
-EX_NOUSER = 67  # sysexits.h: an MTA bounces the message as "user unknown" (5.1.1)
-SYSLOG_SOCKET = "/dev/log"
-
 
 class NotOurs(click.ClickException):
     """A --recipient that is not ours: exit 67, so that an MTA bounces it as unknown."""
 
     exit_code = EX_NOUSER
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """`text` on one short line: an MTA puts a pipe command's output in its bounce and log."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class IngestCommand(click.Command):
@@ -265,78 +261,6 @@ class IngestCommand(click.Command):
             raise TryLater(one_line(exc.format_message())) from None
 
 
-def log_for_pipe() -> None:
-    """Send the logs of an MTA pipe to syslog (facility mail, beside the MTA's own).
-
-    Postfix puts a failed command's output in the bounce it mails to the sender and in
-    its log (pipe(8)): stderr gets one line of ours at most, never a traceback.  With
-    no syslog socket the log is dropped; the inbox row keeps the state and the reason.
-    """
-    root = logging.getLogger()
-    if any(getattr(h, "mailticket_pipe", False) for h in root.handlers):
-        return
-    handler: logging.Handler = logging.NullHandler()
-    if os.path.exists(SYSLOG_SOCKET):
-        try:
-            handler = logging.handlers.SysLogHandler(
-                SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_MAIL)
-            handler.setFormatter(logging.Formatter("mailticket[%(process)d]: %(name)s: %(message)s"))
-        except OSError:
-            pass
-    handler.mailticket_pipe = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
-    logging.captureWarnings(True)  # a library's warning is a log line too, not stderr
-    logging.raiseExceptions = False  # a syslog that went away: no "Logging error" trace
-
-
-def read_inputs(paths: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
-    """(where, raw bytes) for every message in .eml files, mboxes, Maildirs and stdin.
-
-    The envelope sender of stdin (an MTA's From_ line or Return-Path) and of an mbox's
-    From_ lines becomes the topmost Return-Path header (envelope.py).
-    """
-    for p in paths:
-        if p == "-":
-            yield "-", envelope.from_pipe(sys.stdin.buffer.read())
-            continue
-        path = Path(p)
-        if path.is_dir():
-            if not all((path / sub).is_dir() for sub in ("cur", "new")):
-                raise click.BadParameter(f"{p}: a folder, but not a Maildir (no cur/ and new/)")
-            md = mailbox.Maildir(path, factory=None, create=False)
-            for key in sorted(md.iterkeys()):
-                yield f"{p}:{key}", md.get_bytes(key)
-            continue
-        with path.open("rb") as fh:
-            head = fh.read(5)
-        if head == b"From ":
-            box = mailbox.mbox(path, factory=None, create=False)
-            try:
-                for n, key in enumerate(box.iterkeys()):
-                    yield f"{p}#{n + 1}", envelope.from_mbox(box.get_bytes(key, from_=True))
-            finally:
-                box.close()
-        else:
-            yield str(path), path.read_bytes()
-
-
-def count_inputs(paths: tuple[str, ...]) -> int | None:
-    """A cheap message count for the progress bar (None when it would cost a read)."""
-    total = 0
-    for p in paths:
-        path = Path(p)
-        if p == "-":
-            return None
-        if path.is_dir():
-            total += sum(len(os.listdir(path / s)) for s in ("cur", "new") if (path / s).is_dir())
-        elif path.stat().st_size > 1_000_000:
-            with path.open("rb") as fh:
-                total += sum(chunk.count(b"\nFrom ") for chunk in iter(lambda: fh.read(1 << 20), b"")) + 1
-        else:
-            total += 1
-    return total
-
-
 def open_for_ingest(obj: Ctx, recipients: tuple[str, ...], pipe: bool) -> App:
     """The helpdesk, ready to store: exit 67 for a recipient not ours, 75 when it cannot open.
 
@@ -345,10 +269,8 @@ def open_for_ingest(obj: Ctx, recipients: tuple[str, ...], pipe: bool) -> App:
     where any other status would bounce it to the sender.
     """
     try:
-        config = obj.config
-        for rcpt in recipients:
-            if not config.accepts(rcpt):  # the listener's RCPT rule: never an open relay
-                raise NotOurs(f"<{one_line(rcpt.strip('<> '), 100)}>: recipient not accepted here")
+        if (rcpt := refused_recipient(obj.config, recipients)) is not None:
+            raise NotOurs(f"<{one_line(rcpt.strip('<> '), 100)}>: recipient not accepted here")
         return obj.app()
     except NotOurs:
         raise
@@ -395,17 +317,11 @@ def ingest(obj: Ctx, paths: tuple[str, ...], as_json: bool, batch: int,
         if p != "-" and not Path(p).exists():
             raise click.BadParameter(f"{p}: no such file or folder", param_hint="PATHS")
     app = open_for_ingest(obj, recipients, pipe)
-    app.worker.batch = batch
-    rcpt = recipients[0].strip().strip("<>")[:255] if recipients else None  # as the listener
-    counts: Counter[str] = Counter()
-    not_stored = waiting = 0
-    why = ""  # the first failure, for the one line on stderr
     show_bar = not as_json and sys.stderr.isatty()
     total = count_inputs(paths) if show_bar else None
-    results: list = []
+    results: list[Result] = []
 
-    def report(result) -> None:
-        counts[result.outcome] += 1
+    def report(result: Result) -> None:
         if as_json:
             emit_json(result.as_dict())
         else:
@@ -413,64 +329,23 @@ def ingest(obj: Ctx, paths: tuple[str, ...], as_json: bool, batch: int,
 
     with click.progressbar(length=total or 0, label="ingesting", file=sys.stderr,
                            hidden=not (show_bar and total and total > 50)) as bar:
-        pending: list[Incoming] = []
-
-        def flush() -> None:
-            nonlocal not_stored, waiting, why
-            n = len(pending)
-            try:
-                ids = intake.store_many(pending, now=app.clock.now())
-            except Exception as exc:  # StorageError, or a lock file that cannot be opened
-                ours = isinstance(exc, MailticketError)
-                if not ours:
-                    log.exception("ingest: %d message(s) not stored", n)
-                not_stored += n
-                why = why or (str(exc) if ours else f"{type(exc).__name__}: {exc}")
-                pending.clear()
-                return
-            pending.clear()
-            # Stored: from here on nothing may fail the command, or an MTA would deliver
-            # the message twice (75) or bounce it (any other status).  A row whose run
-            # did not commit stays pending, and the daemon's worker takes it later.
-            done = sum(counts.values())
-            try:
-                app.worker.run_pending(ids=ids, on_result=report)
-            except Exception as exc:
-                left = n - (sum(counts.values()) - done)
-                log.error("inbox %s: stored; %d left pending, not processed: %s",
-                          ",".join(map(str, ids)), left, exc, exc_info=True)
-                waiting += left
-                why = why or f"{type(exc).__name__}: {exc}"
-            bar.update(n)
-
         try:
-            for _where, raw in read_inputs(paths):
-                pending.append(Incoming(raw, "ingest", mailbox=rcpt))
-                if len(pending) >= batch:
-                    flush()
-        except click.ClickException:
-            raise
-        except Exception as exc:  # an unreadable input: what was not read is not stored
-            log.exception("ingest: could not read the input")
-            not_stored += 1
-            why = why or f"{type(exc).__name__}: {exc}"
-        if pending:
-            flush()
+            done = store_and_process(app, paths, batch=batch, recipients=recipients,
+                                     on_result=report, on_batch=bar.update)
+        except BadInput as exc:
+            raise click.BadParameter(str(exc)) from None
     if not as_json:
         if len(results) <= 20:
             for r in results:
                 where = f"#{r.ticket}" if r.ticket else "-"
                 click.echo(f"{r.outcome:<11} {where:<7} {r.message_id or '(no Message-ID)'}"
                            + (f"  ({r.reason})" if r.reason else ""))
-        if counts or not (not_stored or waiting):
-            click.echo(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no messages")
-    if not_stored:
-        click.echo(one_line(f"mailticket: {not_stored} message(s) not stored, try again "
-                            f"later: {why}"), err=True)
-        sys.exit(EX_TEMPFAIL)
-    if waiting:
-        click.echo(one_line(f"mailticket: {waiting} message(s) stored, processing deferred "
-                            f"(the daemon takes them): {why}"), err=True)
+        if done.counts or done.problem is None:
+            click.echo(", ".join(f"{n} {k}" for k, n in sorted(done.counts.items())) or "no messages")
+    if done.problem:
+        click.echo(done.problem, err=True)
+    if done.exit_code:
+        sys.exit(done.exit_code)
 
 
 # --- tickets -----------------------------------------------------------------------------
@@ -594,7 +469,7 @@ def quarantine() -> None:
 def quarantine_list(obj: Ctx, as_json: bool) -> None:
     """List quarantined messages with the step that failed and why."""
     obj.app(processing=False)
-    rows = intake.quarantined(limit=1000)
+    rows = durable_inbox.quarantined(limit=1000)
     if as_json:
         emit_json([{"id": r.id, "received_at": r.received_at.isoformat(), "source": r.source,
                     "message_id": r.message_id, "step": r.step, "reason": r.reason,
@@ -611,7 +486,7 @@ def quarantine_list(obj: Ctx, as_json: bool) -> None:
 def quarantine_show(obj: Ctx, inbox_id: int, raw: bool) -> None:
     """Show one quarantined message: why, and its headers (or --raw bytes)."""
     obj.app(processing=False)
-    row = intake.get(inbox_id)
+    row = durable_inbox.get(inbox_id)
     if row is None:
         raise click.ClickException(f"no message {inbox_id} in the inbox (see `mailticket quarantine list`)")
     data = bytes(row.raw)
@@ -630,7 +505,7 @@ def quarantine_show(obj: Ctx, inbox_id: int, raw: bool) -> None:
 def quarantine_retry(obj: Ctx, ids, as_json: bool) -> None:
     """Run quarantined messages (all, or IDS) through the pipeline again."""
     app = obj.app()
-    moved = intake.requeue(list(ids))
+    moved = durable_inbox.requeue(list(ids))
     results = app.worker.run_pending(ids=moved) if moved else []
     if as_json:
         for r in results:

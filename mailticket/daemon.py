@@ -2,10 +2,13 @@
 
 - The main process holds the incoming edges and the supervisor: the SMTP/LMTP
   listener and one IMAP poller thread per mailbox only store raw messages
-  (`intake`) and wake the worker; the loopback HTTP endpoint serves `/healthz` and
+  (`inbox`) and wake the worker; the loopback HTTP endpoint serves `/healthz` and
   `/metrics`; signals are handled here.
 - The worker process runs the pipeline over pending inbox rows.
 - The outbox process delivers what the pipeline queued.
+
+This module is the supervisor; the children's side (their loops, signals, backoff
+and the `Report`s they send) is `children.py`.
 
 Why processes: receiving a message (SMTP parsing), processing it and building the
 reply each cost about a millisecond or more of CPU, and Python runs one thread at
@@ -15,8 +18,8 @@ lock at every reply.  The durable inbox is the queue between the edges and the
 worker, and the outbox table the queue between the worker and the sender, so the
 split costs nothing in safety: each process only ever sees committed rows.
 
-The outbox process runs at a lower CPU priority (`OUTBOX_NICE`): when the machine
-is saturated by a burst, storing and processing mail comes first and the
+The outbox process runs at a lower CPU priority (`children.OUTBOX_NICE`): when the
+machine is saturated by a burst, storing and processing mail comes first and the
 acknowledgements follow as soon as there is CPU to spare; on an idle machine the
 priority changes nothing.
 
@@ -37,345 +40,51 @@ outbox process; a broken edit is logged and the last good version kept.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import sys
 import threading
 import time
-from typing import NoReturn
 
 from . import config as config_mod
 from . import outbox
-from .app import App, load_ruleset, open_app
+from .app import open_app
+from .children import (
+    SPAWN,
+    ChildProcess,
+    OutboxProcess,
+    Report,
+    Wakeup,
+    WorkerProcess,
+    child_main,
+    setup_logging,
+)
 from .config import Config, host_port
-from .db import TRANSIENT_ERRORS, open_database, reset_connection
 from .db import check as check_database
-from .errors import ConfigError, MailticketError, RulesError, StorageError
+from .db import open_database
+from .errors import ConfigError
 from .metrics import HttpEndpoint, Metrics
-from .notify import Templates
-from .pipeline import Env, Pipeline, Result
 
 log = logging.getLogger(__name__)
 
-DAEMON_BATCH = 10  # messages per worker transaction in the daemon (ingest uses 100)
-DAEMON_BACKLOG_BATCH = 50  # up to which a backlog's batches grow (the edges wait meanwhile)
-COALESCE_SECONDS = 0.02
-OUTBOX_GATHER_SECONDS = 0.1
-OUTBOX_PASS = 200  # rows per delivery pass: one commit, one metrics message
-OUTBOX_NICE = 10  # CFS weight of about a tenth of the other processes while the CPU is busy
-RETRY_DELAYS = (0.5, 10.0)  # a child's first and longest wait after a failed pass, seconds
 RESTART_DELAYS = (1.0, 60.0)  # first and longest wait before starting a dead child again
 STABLE_SECONDS = 60.0  # a child that ran this long before it died starts again at once
-_mp = multiprocessing.get_context("spawn")  # a clean interpreter: no threads or sockets inherited
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-               "logger": record.name, "process": record.processName, "msg": record.getMessage()}
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
-
-
-def setup_logging(fmt: str, level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # aiosmtpd logs every connection and disconnection at INFO: noise at any volume.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
-
-
-class Lifecycle:
-    """What a child process shares with the supervisor: when to stop, and its signals.
-
-    The supervisor decides when a child stops: Ctrl-C reaches the whole process group,
-    and a child must finish its transaction and drain rather than die in the middle.
-    Signal handlers only set thread-local flags (touching a multiprocessing Event from a
-    handler can deadlock on its lock); the loops see them within a second.
-    """
-
-    def __init__(self, stop) -> None:
-        self.stop = stop  # set by the supervisor
-        self.terminate = threading.Event()  # SIGTERM sent to the child itself
-        self.reload_requested = threading.Event()
-        self.parent = os.getppid()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda *_: self.terminate.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
-
-    def running(self) -> bool:
-        # A child whose supervisor is gone (SIGKILL) stops too, after draining.
-        return not (self.stop.is_set() or self.terminate.is_set()) and os.getppid() == self.parent
-
-    def take_reload(self) -> bool:
-        if self.reload_requested.is_set():
-            self.reload_requested.clear()
-            return True
-        return False
-
-    def pause(self, seconds: float) -> None:
-        """Wait `seconds`, or less when it is time to stop."""
-        deadline = time.monotonic() + seconds
-        while self.running() and (left := deadline - time.monotonic()) > 0:
-            self.terminate.wait(min(left, 0.5))
-
-
-class Status:
-    """Whether a child's last pass worked, and how long to wait after one that failed.
-
-    A failed pass drops the database connection (peewee would keep a dead one and fail
-    at once, every time), and the wait before the next doubles from RETRY_DELAYS[0] to
-    RETRY_DELAYS[1].  The supervisor hears of each change, not of each pass:
-    `("state", name, problem)`, the problem None once a pass works again.
-    """
-
-    def __init__(self, name: str, events) -> None:
-        self.name, self.events = name, events
-        self.problem: str | None = None
-        self.delay = 0.0  # before the next pass; 0 while passes work
-
-    def failed(self, what: str, exc: Exception) -> None:
-        reset_connection()
-        first, longest = RETRY_DELAYS
-        self.delay = min(max(self.delay * 2, first), longest)
-        problem = f"{what}: {' '.join(str(exc).split()) or type(exc).__name__}"
-        expected = isinstance(exc, (StorageError, *TRANSIENT_ERRORS))  # else a bug: traceback
-        log.log(logging.WARNING if expected else logging.ERROR, "%s: %s; trying again in %.3g s",
-                self.name, problem, self.delay, exc_info=not expected)
-        if problem != self.problem:
-            self.problem = problem
-            self.events.send(("state", self.name, problem))
-
-    def worked(self) -> None:
-        if self.problem is not None:
-            log.info("%s: working again", self.name)
-            self.events.send(("state", self.name, None))
-        self.problem, self.delay = None, 0.0
-
-
-class Wakeup:
-    """A wake-up call from one process to another that survives a kill -9 of either.
-
-    multiprocessing.Event is a condition variable over semaphores: a process killed
-    while it waits on one (or holds its lock) leaves the next `set()` blocked for good,
-    and the listener sets one for every message it stores.  A pipe holds no lock: `set`
-    writes a byte (never blocking: a full pipe is set already), `wait` polls the other
-    end, `clear` reads what is there.
-    """
-
-    def __init__(self) -> None:
-        self._reader, self._writer = _mp.Pipe(duplex=False)  # picklable for a spawned child
-        os.set_blocking(self._reader.fileno(), False)
-        os.set_blocking(self._writer.fileno(), False)
-
-    def set(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._writer.fileno(), b"\0")
-
-    def wait(self, timeout: float) -> bool:
-        return self._reader.poll(timeout)
-
-    def clear(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._reader.fileno(), 4096):
-                pass
-
-
-# --- the worker process -----------------------------------------------------------------
-
-
-class Worker:
-    """Runs in the worker process: the pipeline over pending rows."""
-
-    def __init__(self, app: App, config_path: str | None, life: Lifecycle, wake, events,
-                 outbox_wake) -> None:
-        self.app, self.config_path, self.life = app, config_path, life
-        self.wake, self.events, self.outbox_wake = wake, events, outbox_wake
-        self.status = Status("worker", events)
-
-    def serve(self) -> None:
-        while self.life.running():
-            if self.life.take_reload():
-                self.reload()
-            if self.status.delay:  # the last pass failed: what arrives meanwhile waits, stored
-                self.life.pause(self.status.delay)
-            elif self.wake.wait(timeout=1.0):
-                # Let a burst gather for a moment: one transaction for several messages
-                # costs far less than one each (tickets wait 20 ms; no client waits).
-                self.life.terminate.wait(COALESCE_SECONDS)
-            self.wake.clear()
-            self.process_pending()
-        self.process_pending()  # what the edges stored before they stopped
-
-    def process_pending(self) -> list[Result]:
-        try:
-            results = self.app.worker.run_pending()
-        except Exception as exc:  # noqa: BLE001 - rows stay pending; the next pass takes them
-            self.status.failed("could not process the inbox", exc)
-            return []
-        self.status.worked()
-        if results:
-            self.outbox_wake.set()  # what the pipeline queued is committed: send it
-            # One message to the supervisor per pass, not per mail: pickling costs.
-            self.events.send(("results", [(r.source or "unknown", r.outcome, r.latency)
-                                         for r in results]))
-        return results
-
-    def reload(self) -> None:
-        """SIGHUP: new configuration, rules and templates, or keep the last good ones."""
-        try:
-            cfg = config_mod.load(self.config_path)
-            rules = load_ruleset(cfg)
-            templates = Templates(cfg.paths.templates)
-        except RulesError as exc:
-            log.error("reload: the rules are broken, keeping the last good set:\n%s", exc)
-            return
-        except MailticketError as exc:
-            log.error("reload: %s; keeping the last good configuration", exc)
-            return
-        old = self.app.config
-        if (cfg.smtp, cfg.imap, cfg.database, cfg.daemon) != (old.smtp, old.imap, old.database, old.daemon):
-            log.warning("reload: listener, IMAP, database and daemon settings take effect on restart")
-        self.app.config, self.app.rules = cfg, rules
-        self.app.pipeline = Pipeline(Env(cfg, rules, clock=self.app.clock, templates=templates))
-        self.app.worker.pipeline = self.app.pipeline
-        log.info("reloaded configuration, %d rules and templates", len(rules))
-
-
-def worker_main(config_path: str | None, stop, events, wake, outbox_wake) -> None:
-    """Entry point of the worker process."""
-    life = Lifecycle(stop)
-    try:
-        cfg = config_mod.load(config_path)
-        setup_logging(cfg.daemon.log_format)
-        app = open_app(cfg, batch=DAEMON_BATCH)
-        app.worker.most = DAEMON_BACKLOG_BATCH
-    except MailticketError as exc:
-        cannot_start("worker", exc)
-    worker = Worker(app, config_path, life, wake, events, outbox_wake)
-    events.send(("ready", "worker"))
-    try:
-        worker.serve()
-    finally:
-        app.close()
-
-
-# --- the outbox process -----------------------------------------------------------------
-
-
-class Sender:
-    """Runs in the outbox process: delivers what is due when the worker queued mail,
-    and at least every `outbox_interval` seconds (retries come due on their own)."""
-
-    def __init__(self, config: Config, config_path: str | None, clock, life: Lifecycle, wake,
-                 events) -> None:
-        self.config, self.config_path, self.clock, self.life = config, config_path, clock, life
-        self.wake, self.events = wake, events
-        self.status = Status("outbox", events)
-
-    def serve(self) -> None:
-        transport = outbox.transport_for(self.config)
-        try:
-            while True:
-                final = not self.life.running()  # the worker has exited: one last pass
-                self.deliver(transport)
-                if final:
-                    return
-                if self.status.delay:  # the database failed: back off
-                    self.life.pause(self.status.delay)
-                elif self.wake.wait(timeout=self.config.daemon.outbox_interval):
-                    # Gather what the worker's next passes queue: fewer, fuller passes.
-                    self.life.terminate.wait(OUTBOX_GATHER_SECONDS)
-                self.wake.clear()
-                if self.life.take_reload() and self.reload():
-                    transport.close()
-                    transport = outbox.transport_for(self.config)
-        finally:
-            transport.close()
-
-    def deliver(self, transport) -> None:
-        try:
-            while True:  # a backlog (after a burst, or a smarthost back up) in passes
-                done = outbox.deliver_due(self.config, self.clock, transport, limit=OUTBOX_PASS)
-                depth = outbox.depth()
-                # transport_error: the smarthost could not be reached or refused us; the
-                # rows wait in the outbox, and /healthz and the metrics say so.
-                self.events.send(("delivery", done.sent, done.retry, done.dead, depth,
-                                 done.transport_error))
-                if done.sent + done.retry + done.dead < OUTBOX_PASS:
-                    break
-        except Exception as exc:  # noqa: BLE001 - claimed rows come due again after their lease
-            self.status.failed("could not deliver the outbox", exc)
-            return
-        self.status.worked()
-
-    def reload(self) -> bool:
-        """SIGHUP: the new [outgoing] settings, or keep the last good ones."""
-        try:
-            self.config = config_mod.load(self.config_path)
-        except MailticketError as exc:
-            log.error("reload: %s; the outbox keeps the last good configuration", exc)
-            return False
-        return True
-
-
-def outbox_main(config_path: str | None, stop, events, wake) -> None:
-    """Entry point of the outbox process."""
-    from .clock import SystemClock
-
-    life = Lifecycle(stop)
-    os.nice(OUTBOX_NICE)
-    clock = SystemClock()
-    try:
-        cfg = config_mod.load(config_path)
-        setup_logging(cfg.daemon.log_format)
-        db = open_database(cfg.database.url, migrate=False)
-        if cfg.database.is_sqlite:
-            # A daemon on SQLite is alone on its database: a row still `sending` was
-            # claimed by an outbox process that was killed; it goes out now, not after
-            # its lease.
-            if released := outbox.release_claims(clock.now()):
-                log.info("outbox: %d message(s) claimed by a previous run queued again", released)
-    except (MailticketError, *TRANSIENT_ERRORS) as exc:
-        cannot_start("outbox", exc)
-    sender = Sender(cfg, config_path, clock, life, wake, events)
-    events.send(("ready", "outbox"))
-    try:
-        sender.serve()
-    finally:
-        db.close()
-
-
-def cannot_start(name: str, exc: Exception) -> NoReturn:
-    """A child that cannot start (the database down, the configuration broken since):
-    one line, and exit; the supervisor starts it again later."""
-    log.error("the %s process cannot start: %s", name, " ".join(str(exc).split()))
-    sys.exit(1)
-
-
-# --- the main process: edges and supervisor ----------------------------------------------
 
 
 class Child:
     """A child process as the supervisor sees it; started again when it dies.
 
-    Each start has its own stop event and its own events channel (a pipe the child
-    sends on): a child killed in the middle of a message or holding a lock spoils
-    only what dies with it.
+    Each start runs `children.child_main(kind, ...)` with its own stop event and its
+    own events channel (a pipe the child sends `Report`s on): a child killed in the
+    middle of a message or holding a lock spoils only what dies with it.
     """
 
-    def __init__(self, name: str, target, config_path: str | None, *wakeups: Wakeup) -> None:
-        self.name, self.target, self.config_path, self.wakeups = name, target, config_path, wakeups
-        self.stop = _mp.Event()
+    def __init__(self, kind: type[ChildProcess], config_path: str | None,
+                 *wakeups: Wakeup) -> None:
+        self.kind, self.name, self.config_path, self.wakeups = kind, kind.name, config_path, wakeups
+        self.stop = SPAWN.Event()
         self.events: multiprocessing.connection.Connection | None = None  # what it sends us
         self.ready = threading.Event()  # its signal handlers are in place
         self.reload_pending = False
@@ -388,10 +97,11 @@ class Child:
     def start(self) -> None:
         self.ready.clear()
         self.problem = None
-        self.stop = _mp.Event()
-        self.events, send = _mp.Pipe(duplex=False)
-        self.process = _mp.Process(target=self.target, name=self.name,
-                                   args=(self.config_path, self.stop, send, *self.wakeups))
+        self.stop = SPAWN.Event()
+        self.events, send = SPAWN.Pipe(duplex=False)
+        self.process = SPAWN.Process(target=child_main, name=self.name,
+                                     args=(self.kind, self.config_path, self.stop, send,
+                                           *self.wakeups))
         self.process.start()
         send.close()  # the child's end: when it dies, we read EOF
         self.started_at = time.monotonic()
@@ -448,8 +158,8 @@ class Daemon:
         self.stop = threading.Event()  # the edges' stop
         self.wake = Wakeup()  # wakes the worker when an edge stored a message
         self.outbox_wake = Wakeup()  # wakes the outbox when the worker queued mail
-        self.worker = Child("worker", worker_main, config_path, self.wake, self.outbox_wake)
-        self.outbox = Child("outbox", outbox_main, config_path, self.outbox_wake)
+        self.worker = Child(WorkerProcess, config_path, self.wake, self.outbox_wake)
+        self.outbox = Child(OutboxProcess, config_path, self.outbox_wake)
         self.children = (self.worker, self.outbox)
         self.threads: list[threading.Thread] = []
         self.listener = None
@@ -522,37 +232,37 @@ class Daemon:
             for conn in multiprocessing.connection.wait(list(channels), timeout=0.5):
                 child = channels[conn]
                 try:
-                    event = conn.recv()
+                    report = conn.recv()
                 except (EOFError, OSError):  # it exited (maybe in the middle of a message)
                     conn.close()
                     if child.events is conn:
                         child.events = None
                     continue
-                self._record(child, event)
+                self._record(child, report)
 
-    def _record(self, child: Child, event: tuple) -> None:
+    def _record(self, child: Child, report: Report) -> None:
         m = self.metrics
-        if event[0] == "ready":
+        if report.kind == "ready":
             child.ready.set()
             if child.reload_pending:
                 child.reload()
-        elif event[0] == "state":
-            child.problem = event[2]
-        elif event[0] == "results":
-            for source, outcome, latency in event[1]:
+        elif report.kind == "state":
+            child.problem = report.problem
+        elif report.kind == "results":
+            for source, outcome, latency in report.results:
                 m.received.labels(source, outcome).inc()
                 if outcome == "created":
                     m.tickets_created.inc()
                 if latency is not None:
                     m.latency.observe(latency)
-        elif event[0] == "delivery":
-            _, sent, retry, dead, depth, self.transport_error = event
-            m.deliveries.inc(sent)
-            m.delivery_failures.labels("retry").inc(retry)
-            m.delivery_failures.labels("dead").inc(dead)
+        elif report.kind == "delivery" and (done := report.delivery) is not None:
+            self.transport_error = done.transport_error
+            m.deliveries.inc(done.sent)
+            m.delivery_failures.labels("retry").inc(done.retry)
+            m.delivery_failures.labels("dead").inc(done.dead)
             m.transport_up.set(0 if self.transport_error else 1)
             for state in outbox.DEPTH_STATES:
-                m.outbox_depth.labels(state).set(depth.get(state, 0))
+                m.outbox_depth.labels(state).set(report.depth.get(state, 0))
 
     def health(self) -> tuple[bool, dict]:
         """Whether the pipeline can make progress now, and what stands in its way.

@@ -1,7 +1,7 @@
 """The envelope sender of a message that arrives without SMTP: an MTA pipe or an mbox file.
 
 Its place in the flow (docs/architecture.md section 1): `mailticket ingest` calls it on each message before
-`intake.store_many`, so that the stored raw bytes carry the envelope sender as their
+`inbox.store_many`, so that the stored raw bytes carry the envelope sender as their
 topmost `Return-Path:` header, the way the SMTP listener's trace headers do
 (RFC 5321 4.4).  The pipeline reads that header and never answers `<>` (RFC 3834 2:
 no automatic reply to a bounce or to another automatic message).

@@ -5,7 +5,7 @@ work later, from the durable inbox.  For each batch of new messages:
 
   fetch   `UID FETCH ... BODY.PEEK[]`: PEEK, so the server does not set \\Seen before
           we have the message (RFC 3501 6.4.5)
-  store   `intake.store_many` and the mailbox's last UID, in ONE transaction
+  store   `inbox.store_many` and the mailbox's last UID, in ONE transaction
   answer  only after that commit: flag \\Seen, or MOVE to the processed folder
           (RFC 6851; COPY + \\Deleted + UID EXPUNGE where MOVE is missing)
 
@@ -40,7 +40,7 @@ from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped
 from .config import Imap, read_secret
 from .db import TRANSIENT_ERRORS, DatabaseError, writing
 from .errors import MailticketError, StorageError
-from .intake import Incoming, store_many
+from .inbox import Incoming, store_many
 from .models import ImapState, database_proxy
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ stalls the event loop and the other clients.  peewee keeps one connection per
 thread; a failed commit drops it, so the next one reconnects (a restarted
 PostgreSQL heals without restarting us).
 
-This is the only module that imports aiosmtpd.
+This is the only module that imports aiosmtpd; smtp_data.BulkData mixes into its classes.
 """
 
 from __future__ import annotations
@@ -36,18 +36,19 @@ from email.utils import format_datetime
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from . import intake, smtp_limits
+from . import inbox, smtp_limits
 from .config import Config, host_port
 from .errors import ConfigError, StorageError
 from .models import database_proxy
+from .smtp_data import BulkData, message_id_of
 
 log = logging.getLogger(__name__)
 
-# Every reply we send ourselves, in one place (RFC 5321 4.2, enhanced codes RFC 3463).
-# aiosmtpd itself answers 552 for SIZE= in MAIL FROM (RFC 1870), and 500 for a
-# command line over its limit.
+# Every reply we send ourselves, in one place (RFC 5321 4.2, enhanced codes RFC 3463), but
+# the DATA reader's 552 past the size limit (smtp_data.ERR_552).  aiosmtpd itself answers
+# 552 for SIZE= in MAIL FROM (RFC 1870), and 500 for a command line over its limit.
 OK_MAIL_250 = "250 2.1.0 OK"
 OK_RCPT_250 = "250 2.1.5 OK"
 OK_250 = "250 2.0.0 OK: queued as {inbox_id}"
@@ -59,7 +60,6 @@ ERR_421_TIMEOUT = "421 4.4.2 Timeout waiting for the client, closing connection"
 ERR_421_RCPTS = "421 4.7.0 Too many refused recipients, closing connection"
 ERR_451 = "451 4.3.0 Could not store the message, try again later"
 ERR_550 = "550 5.1.1 <{address}>: recipient not accepted here"
-ERR_552 = "552 5.3.4 Message exceeds the maximum size"
 
 # Store threads.  SQLite has one writer at a time: a single thread never waits on a
 # lock of our own (busy_timeout covers the daemon's worker and the CLI).  Each thread
@@ -69,15 +69,6 @@ BATCH = 64
 
 # Refused recipients one session may try before it is closed (a dictionary attack).
 MAX_REFUSED_RCPTS = 10
-# DATA must average this many bytes a second after its first idle_timeout seconds, or
-# the client gets 421: a trickle cannot hold a connection for ever (Postfix's
-# smtpd_min_data_rate has the same default).
-MIN_DATA_RATE = 500
-
-_END_OF_DATA = b"\r\n.\r\n"
-_BLOCK = 1 << 20  # read whatever the connection holds, up to this much at a time
-_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(?:\r?\n[ \t]+)?(<[^>\r\n]{1,250}>)",
-                         re.IGNORECASE | re.MULTILINE)
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")  # in a HELO name or our host name
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # a quoted local part may hold a bare CR
 
@@ -134,7 +125,7 @@ class Handler:
 
     async def _store(self, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
-        message_id = _message_id(content)
+        message_id = message_id_of(content)
         raw = self.trace_headers(session, envelope) + content
         try:
             inbox_id = await self.writer.store(raw, envelope.rcpt_tos[0][:255])
@@ -170,89 +161,6 @@ class Handler:
                 f"Received: from {helo} ({literal})\r\n\tby {self.hostname} (mailticket)"
                 f" with {protocol}{for_clause}; {when}\r\n")
         return text.encode("utf-8", "surrogateescape")
-
-
-class BulkData:
-    """The DATA command, reading the message in blocks rather than line by line.
-
-    aiosmtpd's own `smtp_DATA` awaits one `readuntil` per line and checks each in
-    Python: about 4 microseconds a line, a millisecond for a 150 KB attachment, and
-    half the listener's CPU on a helpdesk's mix of mail (benchmarks/bench_smtp.py).
-    Here the blocks are searched for the end of data and the dot-stuffing is undone
-    in one pass (RFC 5321 4.5.2), with the same replies and limits otherwise, except
-    that long lines are taken (RFC 5321 4.5.3.1: a receiver should impose no limit
-    it can avoid; the parser copes, and refusing would bounce the customer's mail).
-    Past the size limit the rest is read and dropped, and the reply is 552.
-    """
-
-    async def smtp_DATA(self, arg: str) -> None:
-        # The checks and replies of aiosmtpd's smtp_DATA, in its order.
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("DATA"):
-            return
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        try:
-            content = await self._read_data(self.loop.time())
-        except asyncio.CancelledError:  # the connection was lost during DATA
-            log.info("connection lost during DATA")
-            self._writer.close()
-            raise
-        if content is None:
-            await self.push(ERR_552)
-            self._set_post_data_state()
-            return
-        self.envelope.content = self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
-
-    async def _read_data(self, started: float) -> bytes | None:
-        """The message up to the lone dot, unstuffed; None when it is over the size limit."""
-        reader, limit = self._reader, self.data_size_limit
-        # Starting with the DATA line's CRLF makes the first line like any other: a lone
-        # "." ends an empty message, and a leading dot is unstuffed by the same replace.
-        buf = bytearray(b"\r\n")
-        dropped = 0  # bytes of an oversized message already thrown away
-        while True:
-            start = max(len(buf) - 4, 0)  # the end marker may straddle two blocks
-            block = await reader.read(_BLOCK)
-            if not block:  # the client went away (aiosmtpd usually cancels us first)
-                raise asyncio.CancelledError
-            buf += block
-            self._keep_pace(started, dropped + len(buf))
-            end = buf.find(_END_OF_DATA, start)
-            if end >= 0:
-                break
-            # Over the limit whatever comes next (buf: 2 bytes of ours, the message, and at
-            # most ".\r" of the end marker): drop all but what the end marker may begin with.
-            if limit and dropped + len(buf) - 4 > limit:
-                dropped += len(buf) - 4
-                del buf[:-4]
-        if excess := buf[end + 5:]:
-            # The client sent its next command without waiting for our reply: give it back
-            # to the reader, ahead of anything after it (StreamReader has no unread).
-            reader._buffer[0:0] = excess
-        del buf[end + 2:]  # the message ends with its last line's CRLF
-        if dropped or (limit and len(buf) - 2 > limit):
-            return None
-        return bytes(buf).replace(b"\r\n.", b"\r\n")[2:]
-
-    def _keep_pace(self, started: float, received: int) -> None:
-        """Restart the idle timer after a block, but never past the minimum-rate deadline.
-
-        aiosmtpd restarts it only on a command, so without this a message that takes
-        longer than idle_timeout to arrive would be cut however fast it comes, and a
-        silent client would not be told (Guard._timeout_cb).
-        """
-        deadline = started + self._timeout_duration + received / MIN_DATA_RATE
-        self._reset_timeout(max(min(self._timeout_duration, deadline - self.loop.time()), 0.001))
 
 
 class Guard:
@@ -316,8 +224,7 @@ class Writer:
 
     def __init__(self, clock: Any, source: str, threads: int) -> None:
         self.clock, self.source = clock, source
-        self.queue: queue.SimpleQueue[tuple[bytes, str, asyncio.Future[int]] | None] = (
-            queue.SimpleQueue())
+        self.queue: queue.SimpleQueue[tuple[bytes, str, asyncio.Future[int]] | None] = queue.SimpleQueue()
         self.threads = [threading.Thread(target=self._run, name=f"smtp-store-{n}", daemon=True)
                         for n in range(threads)]
 
@@ -351,10 +258,10 @@ class Writer:
             _drop_connection()  # each thread closes its own (SQLite's cannot be shared)
 
     def _commit(self, batch: list[tuple[bytes, str, asyncio.Future[int]]]) -> None:
-        items = [intake.Incoming(raw, self.source, rcpt) for raw, rcpt, _ in batch]
+        items = [inbox.Incoming(raw, self.source, rcpt) for raw, rcpt, _ in batch]
         try:
             results: list[int | BaseException] = list(
-                intake.store_many(items, now=self.clock.now()))
+                inbox.store_many(items, now=self.clock.now()))
         except Exception as exc:  # noqa: BLE001 - the client gets 451, the log says why
             _drop_connection()  # a dead connection is not reused: the next one reconnects
             # One bad message must not cost the others their 250: each alone, once more.
@@ -364,9 +271,9 @@ class Writer:
             with contextlib.suppress(RuntimeError):
                 future.get_loop().call_soon_threadsafe(_settle, future, result)
 
-    def _one(self, item: intake.Incoming) -> int | BaseException:
+    def _one(self, item: inbox.Incoming) -> int | BaseException:
         try:
-            return intake.store_many([item], now=self.clock.now())[0]
+            return inbox.store_many([item], now=self.clock.now())[0]
         except Exception as exc:  # noqa: BLE001
             _drop_connection()
             return exc
@@ -485,12 +392,6 @@ def _drop_connection() -> None:
     """Close this thread's connection after a failure, so the next store reconnects."""
     with contextlib.suppress(Exception):  # it is broken already: a reset is all we want
         database_proxy.close()
-
-
-def _message_id(raw: bytes) -> str:
-    end = raw.find(b"\r\n\r\n")
-    match = _MESSAGE_ID.search(raw, 0, end if end >= 0 else len(raw))
-    return match.group(1).decode("ascii", "replace") if match else "-"
 
 
 def _ip(session: Session) -> str:

@@ -101,11 +101,11 @@ def test_the_log_tells_each_messages_story(helpdesk, caplog):
 
     from mails import mail
 
-    caplog.set_level(logging.INFO, logger="mailticket.intake")
+    caplog.set_level(logging.INFO, logger="mailticket.worker")
     first = mail(message_id="<story-1@customer.test>")
     helpdesk.ingest(first)
     helpdesk.ingest(first)  # again: a duplicate
-    lines = [r.getMessage() for r in caplog.records if r.name == "mailticket.intake"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mailticket.worker"]
     assert any(line.startswith("inbox 1 <story-1@customer.test>: created ticket #1 (queue general, P3)")
                for line in lines), lines
     assert any(line.startswith("inbox 2 <story-1@customer.test>: duplicate ticket #1") for line in lines)

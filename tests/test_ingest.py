@@ -7,7 +7,11 @@ import mailbox
 import subprocess
 import sys
 
+import pytest
 from mails import bounce_for, mail, msgid
+
+from mailticket.app import load_config, open_app
+from mailticket.ingest import EX_TEMPFAIL, BadInput, Summary, store_and_process
 
 
 def test_new_ticket_is_created_and_acknowledged(helpdesk):
@@ -233,3 +237,22 @@ def test_console_script_exit_75_when_the_database_cannot_store(tmp_path):
                           capture_output=True, timeout=60)
     assert proc.returncode == 75, proc.stderr
     assert b"Traceback" not in proc.stderr
+
+
+def test_store_and_process_is_ingest_without_the_command_line(helpdesk, tmp_path):
+    eml, folder = tmp_path / "m.eml", tmp_path / "not-a-maildir"
+    eml.write_bytes(mail(subject="from the library"))
+    folder.mkdir()
+    app = open_app(load_config(str(helpdesk.config_path)))
+    try:
+        seen = []
+        done = store_and_process(app, (str(eml),), batch=10, on_result=seen.append)
+        assert (done.counts, done.exit_code, done.problem) == ({"created": 1}, 0, None)
+        assert [r.outcome for r in seen] == ["created"]
+        with pytest.raises(BadInput, match="not a Maildir"):  # the command's usage error (2)
+            store_and_process(app, (str(eml), str(folder)), batch=1)
+    finally:
+        app.close()
+    not_stored = Summary(not_stored=2, why="database locked")
+    assert not_stored.exit_code == EX_TEMPFAIL
+    assert not_stored.problem == "mailticket: 2 message(s) not stored, try again later: database locked"

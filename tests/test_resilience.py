@@ -30,7 +30,7 @@ from helpers import free_port, wait_for
 from mails import mail
 from test_daemon import DaemonProc, children, tickets_of
 
-from mailticket import intake, pipeline
+from mailticket import inbox, pipeline
 from mailticket.app import open_app
 from mailticket.config import load
 from mailticket.errors import StorageError
@@ -127,7 +127,7 @@ def _last(log: str, marker: str) -> str:
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_a_lock_timeout_in_a_step_leaves_the_message_pending_not_quarantined(helpdesk):
     app = open_app(load(helpdesk.config_path), batch=10)
-    intake.store_many([intake.Incoming(mail(subject=s), "ingest") for s in ("a", "b")],
+    inbox.store_many([inbox.Incoming(mail(subject=s), "ingest") for s in ("a", "b")],
                       now=app.clock.now())
     app.db.execute_sql("SET lock_timeout = '200ms'")
     locker = psycopg2.connect(helpdesk.db_url)
@@ -159,7 +159,7 @@ def test_a_bad_final_write_quarantines_that_message_alone(helpdesk, monkeypatch)
     steps = tuple((n, unwritable if n == "notify" else f) for n, f in pipeline.STEPS)
     monkeypatch.setattr(pipeline.Pipeline.__init__, "__defaults__", (steps,))
     app = open_app(load(helpdesk.config_path), batch=50)
-    intake.store_many([intake.Incoming(mail(subject=s), "ingest") for s in ("a", "poison", "b")],
+    inbox.store_many([inbox.Incoming(mail(subject=s), "ingest") for s in ("a", "poison", "b")],
                       now=app.clock.now())
     outcomes = [r.outcome for r in app.worker.run_pending()]
     assert outcomes == ["created", "quarantined", "created"]

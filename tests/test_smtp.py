@@ -30,6 +30,7 @@ from mailticket.config import Config, from_dict
 from mailticket.db import open_database
 from mailticket.errors import ConfigError
 from mailticket.models import Inbox, database_proxy
+from mailticket.smtp_data import BulkData, message_id_of
 
 HELPDESK = "support@helpdesk.test"
 SENDER = "alice@customer.test"
@@ -384,7 +385,7 @@ def test_concurrent_clients_lose_nothing(db_url, serve, writers):
     stored = rows()
     assert len(stored) == len(sent) == clients * each
     assert sorted(server.stored) == [r.id for r in stored]
-    assert {smtp_mod._message_id(bytes(r.raw)) for r in stored} == set(sent)
+    assert {message_id_of(bytes(r.raw)) for r in stored} == set(sent)
 
 
 def test_stop_answers_the_message_being_stored_and_refuses_new_ones(serve, tmp_path):
@@ -415,7 +416,7 @@ def test_stop_answers_the_message_being_stored_and_refuses_new_ones(serve, tmp_p
         server.client()
 
 
-# --- DATA read in blocks (smtp.BulkData) ------------------------------------------------
+# --- DATA read in blocks (smtp_data.BulkData) ---------------------------------------------
 
 
 def read_data(pieces: list[bytes], limit: int | None = None) -> tuple[bytes | None, bytes]:
@@ -423,7 +424,7 @@ def read_data(pieces: list[bytes], limit: int | None = None) -> tuple[bytes | No
 
     Returns what it read and what it left in the reader (the next command)."""
 
-    class Session(smtp_mod.BulkData):
+    class Session(BulkData):
         def __init__(self) -> None:
             self._reader = asyncio.StreamReader()
             self.data_size_limit = limit

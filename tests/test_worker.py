@@ -6,15 +6,16 @@ import threading
 
 from mails import mail
 
-from mailticket import intake
+from mailticket import inbox
 from mailticket.app import open_app
 from mailticket.config import load
 from mailticket.models import Inbox, Message, Ticket
+from mailticket.worker import InboxWorker
 
 
 def test_two_workers_process_each_message_once(helpdesk):
     app = open_app(load(helpdesk.config_path), batch=10)
-    ids = intake.store_many([intake.Incoming(mail(subject=f"m{n}"), "ingest") for n in range(120)],
+    ids = inbox.store_many([inbox.Incoming(mail(subject=f"m{n}"), "ingest") for n in range(120)],
                             now=app.clock.now())
     assert len(ids) == 120
     results: list = []
@@ -54,7 +55,7 @@ def test_a_failing_message_does_not_undo_its_batch(helpdesk, monkeypatch):
     monkeypatch.setattr(pipeline, "STEPS", tuple((n, picky if n == "record" else f) for n, f in pipeline.STEPS))
     monkeypatch.setattr(pipeline.Pipeline.__init__, "__defaults__", (pipeline.STEPS,))
     app = open_app(load(helpdesk.config_path), batch=50)
-    intake.store_many([intake.Incoming(mail(subject=s), "ingest") for s in ("a", "poison", "b")],
+    inbox.store_many([inbox.Incoming(mail(subject=s), "ingest") for s in ("a", "poison", "b")],
                       now=app.clock.now())
     outcomes = [r.outcome for r in app.worker.run_pending()]
     assert outcomes == ["created", "quarantined", "created"]
@@ -66,7 +67,7 @@ def test_a_failing_message_does_not_undo_its_batch(helpdesk, monkeypatch):
 
 
 def test_a_backlog_is_taken_in_growing_batches(helpdesk):
-    class Recording(intake.Worker):
+    class Recording(InboxWorker):
         sizes: list[int] = []
 
         def _pending(self, ids, after, size):
@@ -75,12 +76,12 @@ def test_a_backlog_is_taken_in_growing_batches(helpdesk):
 
     app = open_app(load(helpdesk.config_path))
     worker = Recording(app.pipeline, batch=2, most=8)
-    intake.store_many([intake.Incoming(mail(subject=f"m{n}"), "ingest") for n in range(20)],
+    inbox.store_many([inbox.Incoming(mail(subject=f"m{n}"), "ingest") for n in range(20)],
                       now=app.clock.now())
     assert len(worker.run_pending()) == 20
     # Small first (fresh mail waits for it), doubling while every batch is full, capped.
     assert worker.sizes == [2, 4, 8, 8]
-    intake.store_many([intake.Incoming(mail(subject="new"), "ingest")], now=app.clock.now())
+    inbox.store_many([inbox.Incoming(mail(subject="new"), "ingest")], now=app.clock.now())
     worker.sizes.clear()
     assert len(worker.run_pending()) == 1
     assert worker.sizes == [2]  # a new pass starts small again
@@ -89,7 +90,7 @@ def test_a_backlog_is_taken_in_growing_batches(helpdesk):
 
 def test_store_many_returns_each_message_its_own_id(helpdesk):
     app = open_app(load(helpdesk.config_path))
-    raws = [mail(subject=f"m{n}") for n in range(intake.STORE_ROWS + 5)]  # two statements
-    ids = intake.store_many([intake.Incoming(raw, "ingest") for raw in raws], now=app.clock.now())
+    raws = [mail(subject=f"m{n}") for n in range(inbox.STORE_ROWS + 5)]  # two statements
+    ids = inbox.store_many([inbox.Incoming(raw, "ingest") for raw in raws], now=app.clock.now())
     assert [bytes(Inbox.get_by_id(i).raw) for i in ids] == raws
     app.close()

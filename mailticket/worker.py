@@ -1,9 +1,10 @@
-"""The durable inbox: store a message's raw bytes first, process it after.
+"""The worker: runs the pipeline over pending inbox rows, oldest first.
 
-Every way in (SMTP, LMTP, IMAP, `mailticket ingest`) calls `store_many` (the
-messages at hand, one commit; it raises StorageError when they could not be
-committed) and only then answers 250, flags the IMAP message or exits 0.  The
-`Worker` takes pending rows in order and runs the pipeline on each.
+Its place in the flow (docs/architecture.md section 1): after an edge stored a
+message in the durable inbox (`inbox`), `InboxWorker.run_pending` takes the pending
+rows in order and runs `pipeline.run` on each.  The daemon's worker process calls
+it when an edge wakes it; `mailticket ingest` and `mailticket quarantine retry`
+call it on the rows they just stored or requeued.
 
 For speed the worker commits a batch of messages in one transaction, each inside
 a savepoint of its own: a message whose pipeline raises is rolled back to its
@@ -12,74 +13,27 @@ rest of the batch commits with it.  An error of the database rather than of the
 message (unavailable, locked, a lock timeout, the connection lost: `TRANSIENT_ERRORS`),
 in a step or in the commit, quarantines nothing: the whole batch rolls back, every
 row of it is still `pending`, and `run_pending` raises StorageError for the caller
-to wait and try again.  Nothing is kept only in memory.  `requeue` puts quarantined
-rows back to pending.
+to wait and try again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from . import models
-from .db import TRANSIENT_ERRORS, DatabaseError, writing
+from .db import TRANSIENT_ERRORS, writing
 from .errors import StorageError
+from .inbox import one_line
 from .models import Inbox, SqliteDatabase, database_proxy
 from .pipeline import Pipeline, Quarantine, Result, StepFailed
 
 log = logging.getLogger(__name__)
 
 BATCH = 100
-STORE_ROWS = 100  # inbox rows per INSERT (SQLite allows 32,766 parameters in a statement)
 
 
-@dataclass(frozen=True)
-class Incoming:
-    raw: bytes
-    source: str  # smtp, lmtp, imap, ingest
-    mailbox: str | None = None
-    queue: str | None = None
-    silent: bool = False  # historic import: record, never acknowledge
-
-
-def store_many(items: Iterable[Incoming], *, now) -> list[int]:
-    """Commit messages in one transaction (all or none) and return their ids.
-
-    Raises StorageError when they could not be committed: the caller must then not
-    accept them (SMTP 451, IMAP leaves them unflagged, ingest exits 75).
-    """
-    db = database_proxy
-    items = list(items)
-    # The first store after an outage meets the connection the server closed (`writing`
-    # drops it): once more on a new connection before the caller answers 451.  Not
-    # inside the caller's transaction (IMAP), nor on SQLite, whose connection is never
-    # lost: there a second try would only double a lock's wait.
-    again = not isinstance(db.obj, SqliteDatabase) and not db.in_transaction()
-    while True:
-        try:
-            with writing(), db.atomic():
-                rows = [dict(received_at=now, source=i.source, mailbox=i.mailbox, queue=i.queue,
-                             raw=i.raw, state="pending", silent=i.silent) for i in items]
-                # A few statements, not one per message (a round trip each on PostgreSQL).
-                return [key for start in range(0, len(rows), STORE_ROWS)
-                        for key in models.insert_many(Inbox, rows[start:start + STORE_ROWS],
-                                                      keys=True)]
-        except TRANSIENT_ERRORS as exc:
-            if again:
-                again = False
-                continue
-            raise StorageError(f"could not store the message: {_line(exc)}") from exc
-        except DatabaseError as exc:
-            raise StorageError(f"could not store the message: {_line(exc)}") from exc
-
-
-def _line(exc: BaseException) -> str:
-    """A database error on one line (PostgreSQL's span several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-class Worker:
+class InboxWorker:
     """Runs the pipeline over pending inbox rows, oldest first."""
 
     def __init__(self, pipeline: Pipeline, batch: int = BATCH, most: int | None = None) -> None:
@@ -128,7 +82,7 @@ class Worker:
         try:
             return self._process_batch(ids, after, size)
         except TRANSIENT_ERRORS as exc:
-            raise StorageError(f"the database failed; the inbox rows stay pending: {_line(exc)}"
+            raise StorageError(f"the database failed; the inbox rows stay pending: {one_line(exc)}"
                                ) from exc
 
     def _process_batch(self, ids: list[int] | None, after: int, size: int
@@ -186,28 +140,3 @@ class Worker:
         ).where(Inbox.id == row.id).execute()
         return Result(row.id, row.message_id, "quarantined", None, reason, failed.step,
                       source=row.source)
-
-
-def quarantined(limit: int = 100) -> list[Inbox]:
-    return list(
-        Inbox.select(Inbox.id, Inbox.received_at, Inbox.source, Inbox.message_id, Inbox.step,
-                     Inbox.reason, Inbox.attempts)
-        .where(Inbox.state == "quarantined")
-        .order_by(Inbox.id)
-        .limit(limit)
-    )
-
-
-def get(inbox_id: int) -> Inbox | None:
-    return Inbox.get_or_none(Inbox.id == inbox_id)
-
-
-def requeue(ids: list[int] | None) -> list[int]:
-    """Put quarantined rows (all, or `ids`) back to pending; return the ids moved."""
-    query = Inbox.select(Inbox.id).where(Inbox.state == "quarantined")
-    if ids:
-        query = query.where(Inbox.id.in_(ids))
-    moved = [r.id for r in query]
-    if moved:
-        Inbox.update(state="pending").where(Inbox.id.in_(moved)).execute()
-    return moved
