@@ -30,3 +30,7 @@ class StorageError(MailticketError):
 
 class TemplateError(MailticketError):
     """A mail template is missing or does not render."""
+
+
+class TicketError(MailticketError):
+    """A change a ticket cannot take: an unknown status, priority or attribute."""

@@ -10,21 +10,27 @@ and fills the `Run`.  Two flow-control exceptions, caught only by `Pipeline.run`
     Quarantine(reason)      park the message with the step and reason (spam, ...)
 
 Any other exception is a bug or bad input we did not foresee: `intake` rolls the
-message back and quarantines it with the step that raised.
+message back and quarantines it with the step that raised; except a transient error
+of the database (unavailable, locked, the connection lost: `db.TRANSIENT_ERRORS`),
+which is no fault of the message: `intake` rolls back the whole batch, quarantines
+nothing and tries again later.
+
+The steps decide; the writes are the modules': `dedupe.py` finds copies,
+`tickets.py` creates, adds to and changes tickets (`record` calls it as an agent's
+command or a timed job would), `notify.py` queues mail.  The events they return
+collect in `Run.events` and are written in one INSERT when the message is done.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from dataclasses import dataclass, field
 
-from . import models, notify, tickets
+from . import dedupe, models, notify, tickets
 from .attachments import AttachmentStore
 from .clock import SystemClock
 from .config import Config
-from .models import Attachment, Event, Inbox, Message, Ticket
+from .models import Inbox, Ticket
 from .parsers import MailClass, ParsedMessage
 from .parsers.message import parse as parse_bytes
 from .rules import RuleContext, RuleSet
@@ -92,7 +98,7 @@ class Run:
 
     def event(self, ticket: Ticket, actor: str, kind: str, detail: dict) -> None:
         """Note a ticket event; they are written in one statement when the message is done."""
-        self.events.append({"ticket": ticket.number, "actor": actor, "kind": kind, "detail": detail})
+        self.events.append(tickets.event(ticket, actor, kind, detail))
 
 
 class Env:
@@ -119,59 +125,19 @@ def parse(run: Run, env: Env) -> None:
     run.sender = pm.from_.email if pm.from_ else ""
 
 
-# Trace headers that relays and mail stores add: two copies of one message that differ
-# only in these are the same message (a resend after a crash, a second recipient).
-_TRACE = re.compile(
-    rb"^(received|return-path|delivered-to|x-original-to|x-received|authentication-results"
-    rb"|arc-[a-z-]+|x-spam-[a-z-]+|envelope-to|x-envelope-[a-z-]+|x-delivered-to"
-    rb"|status|x-status|x-keywords|x-uid):.*(\n[ \t].*)*\n",
-    re.IGNORECASE | re.MULTILINE,
-)
-
-
-def content_hash(raw: bytes) -> str:
-    """The message without its trace headers, hashed (line endings made LF first: an
-    mbox or an .eml file may hold LF what SMTP brought as CRLF)."""
-    raw = raw.replace(b"\r\n", b"\n")
-    end = raw.find(b"\n\n")
-    head, body = (raw, b"") if end < 0 else (raw[:end + 1], raw[end + 1:])
-    return hashlib.sha256(_TRACE.sub(b"", head) + body).hexdigest()
-
-
-def dedupe(run: Run, env: Env) -> None:
-    """A duplicate is the same Message-ID with the same content (trace headers aside).
-
-    The key is the Message-ID, one indexed lookup; contents are compared only when that
-    finds a row.  Some mailers reuse one Message-ID for different messages (scanners,
-    old list software, hand-made mail): such a message is a new one, keyed by its
-    content hash (as a message without a Message-ID is) so that its own copies are
-    still duplicates, and noted on its ticket.
-    """
+def dedupe_step(run: Run, env: Env) -> None:
+    """The same Message-ID with the same content (trace headers aside) is a `duplicate`;
+    a Message-ID reused for other content makes a message of its own (dedupe.py)."""
     pm = run.parsed
-    key = pm.message_id[:250] if pm.message_id else "sha256:" + content_hash(bytes(run.row.raw))
     run.row.message_id = pm.message_id
-    earlier = _done_rows(run.row, key)
-    if earlier and pm.message_id:
-        digest = content_hash(bytes(run.row.raw))
-        first = min(earlier)[0]
-        if content_hash(bytes(models.get(Inbox, first).raw)) != digest:
-            run.reused_from = first
-            key = "sha256:" + digest
-            earlier = _done_rows(run.row, key)
-    run.row.dedupe_key = key
+    run.row.dedupe_key, earlier, run.reused_from = dedupe.check(run.row, pm.message_id)
     if earlier:
-        inbox_id, ticket, _ = min(earlier)
+        inbox_id, ticket, _ = earlier
         run.ticket = tickets.by_number(ticket) if ticket else None
         raise Stop("duplicate", f"same message as inbox #{inbox_id}")
     if run.reused_from:
         run.note(f"Message-ID {pm.message_id[:200]} reused: other content than inbox "
                  f"#{run.reused_from}, so a message of its own")
-
-
-def _done_rows(row: Inbox, key: str) -> list[tuple]:
-    # Only the indexed column in the WHERE: with `state` in it too, SQLite's planner
-    # may pick the state index and scan every processed row (10 ms a message at 10^4).
-    return [r for r in models.inbox_by_dedupe_key(key) if r[2] == "done" and r[0] != row.id]
 
 
 def guard(run: Run, env: Env) -> None:
@@ -201,16 +167,12 @@ def thread(run: Run, env: Env) -> None:
     pm = run.parsed
     ids = pm.thread_ids
     if run.kind == "bounce":
-        run.ticket, _ = tickets.by_message_ids([*pm.bounce_refs, *ids])
+        run.ticket, by_token = tickets.of_bounce(pm, env.tokens)
         if run.ticket is None:
-            # Some MTAs rewrite the Message-ID of what they relay: the returned subject
-            # (or the bounce's own) still carries the token.
-            number = env.tokens.find(pm.bounce_subject) or env.tokens.find(pm.subject)
-            run.ticket = tickets.by_number(number) if number else None
-            if run.ticket is None:
-                raise Stop("bounce", "no ticket matches the bounced message "
-                                     "(`mailticket inbox list --outcome bounce`)")
-            run.note(f"bounce matched by the token of the returned subject, #{number}")
+            raise Stop("bounce", "no ticket matches the bounced message "
+                                 "(`mailticket inbox list --outcome bounce`)")
+        if by_token:
+            run.note(f"bounce matched by the token of the returned subject, #{run.ticket.number}")
         return
     known: dict[str, int] | None = None
 
@@ -229,11 +191,11 @@ def thread(run: Run, env: Env) -> None:
             # A stranger quoting a token opens a ticket of their own, linked to it.
             run.linked_to = named.number
             run.note(f"token #{named.number} from a stranger: new ticket linked to it")
-            if _names_our_mail(ids, env, referenced()):
+            if tickets.names_our_mail(ids, env.config.helpdesk.domain, referenced()):
                 run.no_ack = f"a reply to our mail from {run.sender}, who may not write to #{named.number}"
     if run.ticket is None and run.linked_to is None:
         run.ticket, _ = tickets.by_message_ids(ids, referenced())
-        if run.ticket is None and ids and _names_our_mail(ids, env, {}):
+        if run.ticket is None and ids and tickets.names_our_mail(ids, env.config.helpdesk.domain, {}):
             # Ours by its shape, yet unknown here: not a thread anyone may write to.
             run.no_ack = f"a reply to our mail from {run.sender}, which no ticket has"
     if run.ticket is not None and run.ticket.status == "closed":
@@ -243,18 +205,6 @@ def thread(run: Run, env: Env) -> None:
         if run.suppressed:
             raise Stop("suppressed", run.suppressed)
         run.is_new = True
-
-
-def _names_our_mail(ids: list[str], env: Env, known: dict[str, int]) -> bool:
-    """Do these In-Reply-To/References ids name mail we sent: ids of our making, or of
-    those we store (`known`) the ones of outgoing messages?  Never answering a stranger's
-    reply to our mail breaks loops with other mail systems: an auto-responder that answers
-    each acknowledgement from a new address would get a new ticket and a new
-    acknowledgement each time."""
-    domain = env.config.helpdesk.domain
-    if any(notify.is_our_msgid(mid, domain) for mid in ids):
-        return True
-    return bool(known) and bool(models.outgoing_message_ids(list(known)))
 
 
 def rule_context(env: Env, ticket: Ticket | None, *, source: str, mailbox: str | None,
@@ -284,6 +234,7 @@ def route(run: Run, env: Env) -> None:
 
 
 def record(run: Run, env: Env) -> None:
+    """The ticket, the message, the events, through tickets.py's functions."""
     pm, now = run.parsed, env.clock.now()
     decision = run.evaluation.decision
     parts = list(decision.split_parts) if run.is_new and len(decision.split_parts) > 1 else []
@@ -300,8 +251,13 @@ def record(run: Run, env: Env) -> None:
                       {"message_id": pm.message_id, "inbox": run.reused_from})
         return
     t = run.ticket
-    _store_message(run, env, t, pm.new_text)
-    run.event(t, run.sender or "unknown", "message", {"kind": run.kind})
+    # The changes before the message: its move of `updated_at` then has nothing left to
+    # write (one UPDATE of the ticket for a reply).
+    reopen = tickets.REOPEN_ON_CUSTOMER_REPLY.get(t.status) if run.kind == "customer" else None
+    changed = tickets.change(t, {"status": reopen} if reopen else {}, actor=run.sender, now=now)
+    changed += _apply(run, t, now)
+    run.events += tickets.add_message(t, *_message(run, env, pm.new_text),
+                                      actor=run.sender or "unknown", now=now)
     if run.reused_from:
         run.event(t, "system", "message-id-reused", {"message_id": pm.message_id, "inbox": run.reused_from})
     if run.kind == "bounce":
@@ -309,18 +265,23 @@ def record(run: Run, env: Env) -> None:
     elif run.kind == "customer" and run.sender and models.clear_bounced(run.sender):
         # A reply from an address whose mail bounced: it works again.
         run.event(t, "system", "bounce-cleared", {"address": run.sender})
-    changes = {"updated_at": now}
-    if run.kind == "customer":
-        status = tickets.REOPEN_ON_CUSTOMER_REPLY.get(t.status)
-        if status and status != t.status:
-            run.event(t, run.sender, "status", {"from": t.status, "to": status})
-            changes["status"] = status
-    changes.update(_apply(run, t, decision))
-    models.update(Ticket, t.number, changes)
-    for name, value in changes.items():
-        setattr(t, name, value)
+    run.events += changed
     run.outcome = {"auto-reply": "suppressed", "bounce": "bounce"}.get(run.kind, "appended")
     run.reason = run.reason or run.suppressed or ""
+
+
+def _apply(run: Run, t: Ticket, now) -> list[dict]:
+    """The rules' decision on an existing ticket: each column it changes is an event by
+    `rules`, beside an event for each rule that hit (`_hits`: why)."""
+    names = ", ".join(f"rule {h.rule}" for h in run.evaluation.hits if h.changed) or None
+    changes = run.evaluation.decision.ticket_changes(t)
+    return _hits(run, t) + tickets.change(t, changes, actor="rules", now=now, why=names)
+
+
+def _hits(run: Run, t: Ticket) -> list[dict]:
+    """An event for each rule that hit and changed something (else it is not history)."""
+    hits = run.evaluation.hits
+    return [tickets.event(t, f"rule:{h.rule}", "rule", h.as_event()) for h in hits if h.changed]
 
 
 def _mark_bounced(run: Run, env: Env, t: Ticket) -> None:
@@ -346,61 +307,36 @@ def _new_ticket(run: Run, env: Env, part: str | None, split_from: Ticket | None 
     values = dict(
         subject=subject, requester=run.sender or "unknown",
         requester_name=pm.from_.name if pm.from_ else "", cc=cc, language=language,
-        queue=run.row.queue or DEFAULT_QUEUE, status="new", tags=[], fields={},
+        queue=run.row.queue or DEFAULT_QUEUE, tags=[], fields={},
         linked_to=split_from.number if split_from else run.linked_to,
-        created_at=now, updated_at=now,
     )
-    t = Ticket(**values)  # in memory, so the rules' decision applies before the one INSERT
-    values.update(_apply(run, t, run.evaluation.decision, record_hits=False))
-    t.number = models.insert(Ticket, values)
-    for name, value in values.items():
-        setattr(t, name, value)
-    run.event(t, run.sender or "unknown", "created", {"source": run.row.source, "inbox": run.row.id})
-    if t.linked_to:
-        run.event(t, "system", "linked", {"to": t.linked_to, "why": "split" if split_from else run.reason})
-    for hit in run.evaluation.hits:
-        if hit.changed:  # a rule that matched but changed nothing is not history
-            run.event(t, f"rule:{hit.rule}", "rule", hit.as_event())
-    _store_message(run, env, t, part if part is not None else pm.new_text)
+    # The rules' decision goes into the one INSERT; the rules that hit say why.
+    values.update(run.evaluation.decision.ticket_changes(Ticket(**values)))
+    t, events = tickets.create(
+        values, *_message(run, env, part if part is not None else pm.new_text),
+        actor=run.sender or "unknown", now=now,
+        detail={"source": run.row.source, "inbox": run.row.id},
+        why="split" if split_from else run.reason)
+    run.events += events + _hits(run, t)
     return t
 
 
-def _apply(run: Run, t: Ticket, decision, record_hits: bool = True) -> dict:
-    """The ticket columns the rules' decision changes; each rule that hit becomes an event."""
-    changes: dict = {}
-    for attr in ("queue", "priority", "tier", "assignee", "group"):
-        value = getattr(decision, attr)
-        if value is not None and value != getattr(t, attr):
-            changes[attr] = value
-    if decision.tags:
-        tags = sorted(set(t.tags or []) | set(decision.tags))
-        if tags != (t.tags or []):
-            changes["tags"] = tags
-    if decision.fields:
-        changes["fields"] = {**(t.fields or {}), **decision.fields}
-    if record_hits:
-        for hit in run.evaluation.hits:
-            if hit.changed:
-                run.event(t, f"rule:{hit.rule}", "rule", hit.as_event())
-    return changes
-
-
-def _store_message(run: Run, env: Env, t: Ticket, text: str) -> None:
+def _message(run: Run, env: Env, text: str) -> tuple[dict, list[dict]]:
+    """The incoming message's columns and its attachments' (files saved), for tickets.py."""
     pm = run.parsed
-    msg_id = models.insert(Message, dict(
-        ticket=t.number, inbox=run.row.id, direction="in", kind=run.kind,
+    message = dict(
+        inbox=run.row.id, direction="in", kind=run.kind,
         message_id=pm.message_id or run.row.dedupe_key, from_addr=run.sender,
         from_name=pm.from_.name if pm.from_ else "", to=[a.email for a in pm.to],
-        cc=[a.email for a in pm.cc], subject=pm.subject[:models.MAX_MESSAGE_SUBJECT], date=pm.date, text=text,
-        body=pm.text, created_at=env.clock.now(),
-    ))
-    if pm.attachments:
-        models.insert_many(Attachment, [
-            {"message": msg_id, "filename": a.filename, "content_type": a.content_type,
-             "size": len(a.payload), "sha256": env.attachments.save(a.payload), "inline": a.inline,
-             "content_id": a.content_id}
-            for a in pm.attachments
-        ])
+        cc=[a.email for a in pm.cc], subject=pm.subject[:models.MAX_MESSAGE_SUBJECT], date=pm.date,
+        text=text, body=pm.text,
+    )
+    attachments = [
+        {"filename": a.filename, "content_type": a.content_type, "size": len(a.payload),
+         "sha256": env.attachments.save(a.payload), "inline": a.inline, "content_id": a.content_id}
+        for a in pm.attachments
+    ]
+    return message, attachments
 
 
 def notify_step(run: Run, env: Env) -> None:
@@ -440,7 +376,7 @@ def notify_step(run: Run, env: Env) -> None:
 
 STEPS = (
     ("parse", parse),
-    ("dedupe", dedupe),
+    ("dedupe", dedupe_step),
     ("guard", guard),
     ("thread", thread),
     ("route", route),
@@ -498,8 +434,7 @@ class Pipeline:
             dedupe_key=row.dedupe_key, message_id=row.message_id,
         )
         try:  # the writes the steps left: inside the caller's guard like any step
-            if run.events:
-                models.insert_many(Event, [{**e, "at": now} for e in run.events])
+            tickets.save_events(run.events, now)
             models.update(Inbox, row.id, done)
         except Exception as exc:
             raise StepFailed("finish", exc) from exc

@@ -1,21 +1,121 @@
-"""Tickets: find one for a message, create one, change its status, list them.
+"""Tickets: find one for a message; create one, add a message to it, change it; list them.
 
 Threading order (docs/architecture.md section 1): the subject token first, then In-Reply-To
 and References matched against every stored message id (ours and the
 customers'), then a new ticket.  A token alone is not proof: a stranger who puts
 `[#12]` in a subject must not write into someone else's ticket (`may_write`).
+
+Writing (docs/architecture.md section 5, "one way to change a ticket, whoever asks"):
+`create`, `add_message` and `change` are the only functions that write a ticket, and
+the pipeline, agents' mail commands, `mailticket ticket set` and timed jobs all call
+them.  Each returns the events of what it did, naming the actor (an address,
+`system`, `rules`), for the caller to write with the rest of its events in one
+INSERT (`save_events`; the pipeline writes a message's events when it is done).
+They do not commit: the caller holds the transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from . import models
-from .models import Event, Message, Ticket
+from . import models, notify, states
+from .errors import TicketError
+from .models import Attachment, Event, Message, Ticket
 
 # A customer's message moves a ticket to `open` from these statuses.
 REOPEN_ON_CUSTOMER_REPLY = {"pending": "open", "on-hold": "on-hold", "resolved": "open"}
+
+# What `change` may set; each change is an event of the attribute's name.
+CHANGEABLE = ("status", "priority", "queue", "tier", "assignee", "group", "tags", "fields")
+
+
+def event(ticket: Ticket, actor: str, kind: str, detail: dict) -> dict:
+    """One event row, to be written with the others by `save_events`."""
+    return {"ticket": ticket.number, "actor": actor, "kind": kind, "detail": detail}
+
+
+def save_events(events: list[dict], now: datetime) -> None:
+    """Write events in one statement (a round trip each would cost on PostgreSQL)."""
+    if events:
+        models.insert_many(Event, [{**e, "at": now} for e in events])
+
+
+def create(values: dict, message: dict, attachments: Iterable[dict] = (), *, actor: str,
+           now: datetime, detail: dict, why: str | None = None) -> tuple[Ticket, list[dict]]:
+    """A new ticket of `values` (status `new` and the times `now` unless given) with its
+    first message (`add_message`'s `message` and `attachments`), in one INSERT each.
+
+    Events: `created` by `actor` with `detail` (where it came from), and `linked` with
+    `why` when `values` link it to another ticket.  Whatever decided the values (the
+    rules) records its own events: a new ticket has no "before" to change from.
+    """
+    values = {"status": "new", "created_at": now, "updated_at": now, **values}
+    _check(values)
+    ticket = Ticket(**values)
+    ticket.number = models.insert(Ticket, values)
+    _insert_message(ticket, message, attachments, now)
+    events = [event(ticket, actor, "created", detail)]
+    if ticket.linked_to:
+        events.append(event(ticket, "system", "linked", {"to": ticket.linked_to, "why": why}))
+    return ticket, events
+
+
+def add_message(ticket: Ticket, message: dict, attachments: Iterable[dict] = (), *, actor: str,
+                now: datetime) -> list[dict]:
+    """Store a message on `ticket` and move its `updated_at` to `now`; a `message` event.
+
+    `message` holds the Message columns but `ticket` and `created_at`; `attachments`
+    the Attachment columns but `message`.  The ticket's UPDATE is skipped when a
+    `change` at this same `now` made it already (one UPDATE for a reply, on the hot path).
+    """
+    _insert_message(ticket, message, attachments, now)
+    if ticket.updated_at != now:
+        models.update(Ticket, ticket.number, {"updated_at": now})
+        ticket.updated_at = now
+    return [event(ticket, actor, "message", {"kind": message["kind"]})]
+
+
+def change(ticket: Ticket, changes: dict, *, actor: str, now: datetime,
+           why: str | None = None) -> list[dict]:
+    """Set attributes of `ticket` (`CHANGEABLE`) in one UPDATE with `updated_at`; one event
+    per attribute whose value differs, of its name: `{"from", "to"}` (and `why` when given).
+
+    Nothing differs: no write, no event.  Raises TicketError for an unknown attribute,
+    status or priority, before writing anything.
+    """
+    _check(changes, CHANGEABLE)
+    changed = {k: v for k, v in changes.items() if getattr(ticket, k) != v}
+    if not changed:
+        return []
+    extra = {"why": why} if why else {}
+    events = [event(ticket, actor, k, {"from": getattr(ticket, k), "to": v, **extra})
+              for k, v in changed.items()]
+    models.update(Ticket, ticket.number, {**changed, "updated_at": now})
+    for name, value in {**changed, "updated_at": now}.items():
+        setattr(ticket, name, value)
+    return events
+
+
+def _check(values: dict, allowed: Iterable[str] | None = None) -> None:
+    if allowed is not None:
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise TicketError(f"cannot change {', '.join(unknown)} of a ticket "
+                              f"(only {', '.join(allowed)})")
+    if "status" in values and values["status"] not in states.STATUSES:
+        raise TicketError(f"unknown status {values['status']!r} "
+                          f"(one of {', '.join(states.STATUSES)})")
+    if "priority" in values and values["priority"] not in states.PRIORITIES:
+        raise TicketError(f"unknown priority {values['priority']!r} "
+                          f"(one of {', '.join(states.PRIORITIES)})")
+
+
+def _insert_message(ticket: Ticket, message: dict, attachments: Iterable[dict], now: datetime) -> None:
+    msg_id = models.insert(Message, {"ticket": ticket.number, **message, "created_at": now})
+    rows = [{"message": msg_id, **a} for a in attachments]
+    if rows:
+        models.insert_many(Attachment, rows)
 
 
 def by_number(number: int) -> Ticket | None:
@@ -32,6 +132,30 @@ def by_message_ids(ids: list[str], known: dict[str, int] | None = None) -> tuple
         if mid in found:
             return by_number(found[mid]), mid
     return None, None
+
+
+def of_bounce(pm, tokens) -> tuple[Ticket | None, bool]:
+    """The ticket a bounce (`pm`, a ParsedMessage) returns mail of, and whether it was
+    found by the token of a subject rather than by Message-ID."""
+    ticket, _ = by_message_ids([*pm.bounce_refs, *pm.thread_ids])
+    if ticket is not None:
+        return ticket, False
+    # Some MTAs rewrite the Message-ID of what they relay: the returned subject (or the
+    # bounce's own) still carries the token.
+    number = tokens.find(pm.bounce_subject) or tokens.find(pm.subject)
+    ticket = by_number(number) if number else None
+    return ticket, ticket is not None
+
+
+def names_our_mail(ids: list[str], domain: str, known: dict[str, int]) -> bool:
+    """Do these In-Reply-To/References ids name mail we sent: ids of our making, or of
+    those we store (`known`, id -> ticket) the ones of outgoing messages?  Never answering
+    a stranger's reply to our mail breaks loops with other mail systems: an auto-responder
+    that answers each acknowledgement from a new address would get a new ticket and a new
+    acknowledgement each time."""
+    if any(notify.is_our_msgid(mid, domain) for mid in ids):
+        return True
+    return bool(known) and bool(models.outgoing_message_ids(list(known)))
 
 
 def is_agent(address: str, configured: frozenset[str]) -> bool:
