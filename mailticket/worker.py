@@ -113,13 +113,16 @@ class InboxWorker:
                 # holds, so a message is processed once.
                 rows = todo = list(self._pending(ids, after, size).for_update("FOR UPDATE SKIP LOCKED"))
             for row in todo:
-                # A savepoint: a failure undoes this message only.  It is never released:
-                # the commit releases them all, and a RELEASE would cost PostgreSQL one
-                # more round trip per message.
+                # A savepoint: a failure undoes this message only.  On PostgreSQL it is
+                # never released: the commit releases them all, and a RELEASE would cost
+                # one more round trip per message.  SQLite releases it at once (no round
+                # trip): every open savepoint makes each later write keep more undo state.
                 point = f'"m{row.id}"'
                 db.execute_sql(f"SAVEPOINT {point}")
                 try:
                     out.append(pipeline.run(row, parsed.get(row.id)))
+                    if sqlite:
+                        db.execute_sql(f"RELEASE SAVEPOINT {point}")
                 except StepFailed as failed:
                     if isinstance(failed.cause, TRANSIENT_ERRORS):
                         raise failed.cause from None  # not this message's fault: undo the batch
