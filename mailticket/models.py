@@ -379,6 +379,12 @@ def mark_bounced(address: str, status: str, ticket: int | None, at) -> None:
     ).execute()
 
 
+def any_bounced() -> bool:
+    """Is any address marked as bounced?"""
+    sql = _sql(("any_bounced",), lambda p: 'SELECT EXISTS (SELECT 1 FROM "bounced")')
+    return bool(database_proxy.execute_sql(sql).fetchone()[0])
+
+
 def clear_bounced(address: str) -> bool:
     """Remove the bounce mark of `address`; whether there was one."""
     sql = _sql(("unbounce",), lambda p: f'DELETE FROM "bounced" WHERE "address" = {p}')

@@ -113,6 +113,9 @@ class Env:
         self.tokens = token_format(config.helpdesk.token)
         self.agents = frozenset(a.lower() for a in config.agents.addresses)
         self.business_hours = config.business_hours()
+        # Whether any address is marked as bounced: the worker asks once per batch, so a
+        # customer's reply costs no DELETE of a mark that almost never exists.
+        self.bounce_marks = True
 
 
 # --- the steps ---------------------------------------------------------------------------
@@ -262,7 +265,8 @@ def record(run: Run, env: Env) -> None:
         run.event(t, "system", "message-id-reused", {"message_id": pm.message_id, "inbox": run.reused_from})
     if run.kind == "bounce":
         _mark_bounced(run, env, t)
-    elif run.kind == "customer" and run.sender and models.clear_bounced(run.sender):
+    elif (run.kind == "customer" and run.sender and env.bounce_marks
+          and models.clear_bounced(run.sender)):
         # A reply from an address whose mail bounced: it works again.
         run.event(t, "system", "bounce-cleared", {"address": run.sender})
     run.events += changed
@@ -291,6 +295,7 @@ def _mark_bounced(run: Run, env: Env, t: Ticket) -> None:
     people = {t.requester, *(t.cc or [])}
     for address, status in run.parsed.bounce_failed:
         if address in people:
+            env.bounce_marks = True
             models.mark_bounced(address, status, t.number, env.clock.now())
             run.event(t, "system", "bounced", {"address": address, "status": status})
 
@@ -410,11 +415,14 @@ class Pipeline:
                 pass
         return out
 
-    def run(self, row: Inbox, parsed: ParsedMessage | None = None) -> Result:
+    def run(self, row: Inbox, parsed: ParsedMessage | None = None,
+            events: list[dict] | None = None) -> Result:
         """Run every step on `row` (the caller holds the transaction).
 
         Returns the result for Stop and for a finished run; raises `Quarantine` or
-        `StepFailed` for the caller to roll back and park the message.
+        `StepFailed` for the caller to roll back and park the message.  With `events`,
+        the run's ticket events are added to that list for the caller to write with its
+        batch's (one INSERT per batch, not per message: a round trip each on PostgreSQL).
         """
         run = Run(row=row, parsed=parsed)
         step = ""
@@ -434,7 +442,10 @@ class Pipeline:
             dedupe_key=row.dedupe_key, message_id=row.message_id,
         )
         try:  # the writes the steps left: inside the caller's guard like any step
-            tickets.save_events(run.events, now)
+            if events is None:
+                tickets.save_events(run.events, now)
+            else:
+                events.extend({**e, "at": now} for e in run.events)
             models.update(Inbox, row.id, done)
         except Exception as exc:
             raise StepFailed("finish", exc) from exc

@@ -25,10 +25,14 @@ from . import models
 from .db import TRANSIENT_ERRORS, writing
 from .errors import StorageError
 from .inbox import one_line
-from .models import Inbox, SqliteDatabase, database_proxy
+from .models import Event, Inbox, SqliteDatabase, database_proxy
 from .pipeline import Pipeline, Quarantine, Result, StepFailed
 
 log = logging.getLogger(__name__)
+
+
+class BatchWriteFailed(Exception):
+    """The ticket events of a whole batch could not be written in one statement."""
 
 BATCH = 100
 
@@ -80,12 +84,17 @@ class InboxWorker:
 
         Returns the results, the last id taken, and whether the batch was full."""
         try:
-            return self._process_batch(ids, after, size)
+            try:
+                return self._process_batch(ids, after, size, defer=True)
+            except BatchWriteFailed:
+                # The batch's events could not be written together: undone; again with
+                # each message writing its own, so that a fault stays that message's.
+                return self._process_batch(ids, after, size, defer=False)
         except TRANSIENT_ERRORS as exc:
             raise StorageError(f"the database failed; the inbox rows stay pending: {one_line(exc)}"
                                ) from exc
 
-    def _process_batch(self, ids: list[int] | None, after: int, size: int
+    def _process_batch(self, ids: list[int] | None, after: int, size: int, *, defer: bool
                        ) -> tuple[list[Result], int, bool]:
         db = database_proxy
         pipeline = self.pipeline  # one pipeline per batch, even if a reload swaps it meanwhile
@@ -112,6 +121,9 @@ class InboxWorker:
                 # Several daemons on one PostgreSQL database: each takes rows no other
                 # holds, so a message is processed once.
                 rows = todo = list(self._pending(ids, after, size).for_update("FOR UPDATE SKIP LOCKED"))
+            pipeline.env.bounce_marks = models.any_bounced()
+            events: list[dict] = []  # the batch's ticket events, written once below
+            written = 0
             for row in todo:
                 # A savepoint: a failure undoes this message only.  On PostgreSQL it is
                 # never released: the commit releases them all, and a RELEASE would cost
@@ -120,14 +132,24 @@ class InboxWorker:
                 point = f'"m{row.id}"'
                 db.execute_sql(f"SAVEPOINT {point}")
                 try:
-                    out.append(pipeline.run(row, parsed.get(row.id)))
+                    done = pipeline.run(row, parsed.get(row.id), events if defer else None)
                     if sqlite:
                         db.execute_sql(f"RELEASE SAVEPOINT {point}")
+                    out.append(done)
+                    written = len(events)
                 except StepFailed as failed:
                     if isinstance(failed.cause, TRANSIENT_ERRORS):
                         raise failed.cause from None  # not this message's fault: undo the batch
                     db.execute_sql(f"ROLLBACK TO SAVEPOINT {point}")
+                    del events[written:]  # what this message added, if it failed after
                     out.append(self._quarantine(row, failed))
+            try:
+                if events:
+                    models.insert_many(Event, events)
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as exc:
+                raise BatchWriteFailed(str(exc)) from exc
         return out, (rows[-1].id if rows else after), len(rows) == size
 
     def _quarantine(self, row: Inbox, failed: StepFailed) -> Result:
