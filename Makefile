@@ -35,9 +35,12 @@ wheel-smoke: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
+## lint: ruff (lint and format) and mypy on the package, at pinned versions
 lint: $(STAMP)
-	$(BIN)/pip install --quiet ruff
+	$(BIN)/pip install --quiet 'ruff==0.17.6' 'mypy==2.4.1'
 	$(BIN)/ruff check mailticket
+	$(BIN)/ruff format --check mailticket
+	$(BIN)/mypy mailticket
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

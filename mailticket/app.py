@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import config as config_mod
-from .clock import SystemClock
+from .clock import Clock, SystemClock
 from .config import Config
-from .db import open_database
+from .db import Database, open_database
 from .errors import RulesError
 from .notify import Templates
 from .pipeline import Env, Pipeline
@@ -23,8 +23,8 @@ from .worker import InboxWorker
 @dataclass
 class App:
     config: Config
-    db: object
-    clock: object
+    db: Database
+    clock: Clock
     rules: RuleSet | None  # None when opened for reading only
     pipeline: Pipeline | None
     worker: InboxWorker | None
@@ -51,16 +51,21 @@ def missing_templates(ruleset: RuleSet, config: Config) -> list[Problem]:
     have = set(Templates(config.paths.templates).names())
     language = config.helpdesk.language
     return [
-        Problem(rule.file, rule.line, "template",
-                f"no template {name}.{language}.txt.j2 (in [paths] templates or the shipped ones)",
-                rule.name)
+        Problem(
+            rule.file,
+            rule.line,
+            "template",
+            f"no template {name}.{language}.txt.j2 (in [paths] templates or the shipped ones)",
+            rule.name,
+        )
         for rule in ruleset.rules
         if (name := rule.then.set.get("template")) and f"{name}.{language}.txt.j2" not in have
     ]
 
 
-def open_app(config: Config, clock=None, *, batch: int | None = None,
-             processing: bool = True) -> App:
+def open_app(
+    config: Config, clock: Clock | None = None, *, batch: int | None = None, processing: bool = True
+) -> App:
     """The database, and with `processing` the rules, templates, pipeline and worker.
 
     Commands that only read (ticket list, outbox list, ...) open without processing, so

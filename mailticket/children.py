@@ -34,12 +34,13 @@ from typing import ClassVar, Literal, NoReturn
 from . import config as config_mod
 from . import outbox
 from .app import App, load_ruleset, open_app
-from .clock import SystemClock
+from .clock import Clock, SystemClock
 from .config import Config
-from .db import TRANSIENT_ERRORS, open_database, reset_connection
+from .db import TRANSIENT_ERRORS, Database, open_database, reset_connection
 from .errors import MailticketError, RulesError, StorageError
 from .notify import Templates
 from .pipeline import Env, Pipeline, Result
+from .smarthost import SmtpTransport
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,13 @@ SPAWN = multiprocessing.get_context("spawn")  # a clean interpreter: no threads 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-               "logger": record.name, "process": record.processName, "msg": record.getMessage()}
+        out = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "process": record.processName,
+            "msg": record.getMessage(),
+        }
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
@@ -65,8 +71,11 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(fmt: str, level: int = logging.INFO) -> None:
     """Every process of the daemon, the supervisor too, logs to stderr in one format."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -148,8 +157,14 @@ class Status:
         self.delay = min(max(self.delay * 2, first), longest)
         problem = f"{what}: {' '.join(str(exc).split()) or type(exc).__name__}"
         expected = isinstance(exc, (StorageError, *TRANSIENT_ERRORS))  # else a bug: traceback
-        log.log(logging.WARNING if expected else logging.ERROR, "%s: %s; trying again in %.3g s",
-                self.name, problem, self.delay, exc_info=not expected)
+        log.log(
+            logging.WARNING if expected else logging.ERROR,
+            "%s: %s; trying again in %.3g s",
+            self.name,
+            problem,
+            self.delay,
+            exc_info=not expected,
+        )
         if problem != self.problem:
             self.problem = problem
             self.events.send(Report("state", self.name, problem=problem))
@@ -199,8 +214,9 @@ class ChildProcess:
         self.status = Status(self.name, events)
 
     @classmethod
-    def open(cls, cfg: Config, config_path: str | None, life: Lifecycle, events,
-             *wakeups: Wakeup) -> ChildProcess:
+    def open(
+        cls, cfg: Config, config_path: str | None, life: Lifecycle, events, *wakeups: Wakeup
+    ) -> ChildProcess:
         """Set up (may raise MailticketError or a database error: the child cannot start)."""
         raise NotImplementedError
 
@@ -211,8 +227,7 @@ class ChildProcess:
         raise NotImplementedError
 
 
-def child_main(kind: type[ChildProcess], config_path: str | None, stop, events,
-               *wakeups: Wakeup) -> None:
+def child_main(kind: type[ChildProcess], config_path: str | None, stop, events, *wakeups: Wakeup) -> None:
     """Entry point of every child process: set up, announce ready, serve, close."""
     life = Lifecycle(stop)
     try:
@@ -243,16 +258,19 @@ class WorkerProcess(ChildProcess):
 
     name = "worker"
 
-    def __init__(self, app: App, config_path: str | None, life: Lifecycle, events,
-                 wake: Wakeup, outbox_wake: Wakeup) -> None:
+    def __init__(
+        self, app: App, config_path: str | None, life: Lifecycle, events, wake: Wakeup, outbox_wake: Wakeup
+    ) -> None:
         super().__init__(config_path, life, events)
         self.app, self.wake, self.outbox_wake = app, wake, outbox_wake
 
     @classmethod
-    def open(cls, cfg: Config, config_path: str | None, life: Lifecycle, events,
-             *wakeups: Wakeup) -> WorkerProcess:
+    def open(
+        cls, cfg: Config, config_path: str | None, life: Lifecycle, events, *wakeups: Wakeup
+    ) -> WorkerProcess:
         wake, outbox_wake = wakeups
         app = open_app(cfg, batch=DAEMON_BATCH)
+        assert app.worker is not None  # opened for processing
         app.worker.most = DAEMON_BACKLOG_BATCH
         return cls(app, config_path, life, events, wake, outbox_wake)
 
@@ -275,6 +293,7 @@ class WorkerProcess(ChildProcess):
 
     def process_pending(self) -> list[Result]:
         try:
+            assert self.app.worker is not None  # opened for processing
             results = self.app.worker.run_pending()
         except Exception as exc:  # noqa: BLE001 - rows stay pending; the next pass takes them
             self.status.failed("could not process the inbox", exc)
@@ -282,8 +301,13 @@ class WorkerProcess(ChildProcess):
         self.status.worked()
         if results:
             self.outbox_wake.set()  # what the pipeline queued is committed: send it
-            self.events.send(Report("results", self.name, results=tuple(
-                (r.source or "unknown", r.outcome, r.latency) for r in results)))
+            self.events.send(
+                Report(
+                    "results",
+                    self.name,
+                    results=tuple((r.source or "unknown", r.outcome, r.latency) for r in results),
+                )
+            )
         return results
 
     def reload(self) -> None:
@@ -303,6 +327,7 @@ class WorkerProcess(ChildProcess):
             log.warning("reload: listener, IMAP, database and daemon settings take effect on restart")
         self.app.config, self.app.rules = cfg, rules
         self.app.pipeline = Pipeline(Env(cfg, rules, clock=self.app.clock, templates=templates))
+        assert self.app.worker is not None  # opened for processing
         self.app.worker.pipeline = self.app.pipeline
         log.info("reloaded configuration, %d rules and templates", len(rules))
 
@@ -316,14 +341,23 @@ class OutboxProcess(ChildProcess):
 
     name = "outbox"
 
-    def __init__(self, config: Config, config_path: str | None, clock, db, life: Lifecycle,
-                 events, wake: Wakeup) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_path: str | None,
+        clock: Clock,
+        db: Database,
+        life: Lifecycle,
+        events,
+        wake: Wakeup,
+    ) -> None:
         super().__init__(config_path, life, events)
         self.config, self.clock, self.db, self.wake = config, clock, db, wake
 
     @classmethod
-    def open(cls, cfg: Config, config_path: str | None, life: Lifecycle, events,
-             *wakeups: Wakeup) -> OutboxProcess:
+    def open(
+        cls, cfg: Config, config_path: str | None, life: Lifecycle, events, *wakeups: Wakeup
+    ) -> OutboxProcess:
         (wake,) = wakeups
         os.nice(OUTBOX_NICE)
         clock = SystemClock()
@@ -359,14 +393,13 @@ class OutboxProcess(ChildProcess):
         finally:
             transport.close()
 
-    def deliver(self, transport) -> None:
+    def deliver(self, transport: SmtpTransport) -> None:
         try:
             while True:  # a backlog (after a burst, or a smarthost back up) in passes
                 done = outbox.deliver_due(self.config, self.clock, transport, limit=OUTBOX_PASS)
                 # done.transport_error: the smarthost could not be reached or refused us;
                 # the rows wait in the outbox, and /healthz and the metrics say so.
-                self.events.send(Report("delivery", self.name, delivery=done,
-                                        depth=outbox.depth()))
+                self.events.send(Report("delivery", self.name, delivery=done, depth=outbox.depth()))
                 if done.sent + done.retry + done.dead < OUTBOX_PASS:
                     break
         except Exception as exc:  # noqa: BLE001 - claimed rows come due again after their lease

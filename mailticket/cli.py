@@ -58,12 +58,16 @@ class Ctx:
     def config(self):
         path = self.config_path or DEFAULT_PATH
         if not Path(path).is_file():
-            where = f"{path} (from {self.source})" if self.source else (
-                f"./{DEFAULT_PATH} (no --config given and $MAILTICKET_CONFIG is not set)")
+            where = (
+                f"{path} (from {self.source})"
+                if self.source
+                else (f"./{DEFAULT_PATH} (no --config given and $MAILTICKET_CONFIG is not set)")
+            )
             raise click.ClickException(
                 f"no configuration file: looked for {where}.\n"
                 f"Run `mailticket init DIR` to create a helpdesk, or name its file with "
-                f"`mailticket --config FILE ...`.")
+                f"`mailticket --config FILE ...`."
+            )
         try:
             return load_config(path)
         except MailticketError as exc:
@@ -113,8 +117,13 @@ def table(rows: list[list], headers: list[str]) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="MAILTICKET_CONFIG",
-              help="Configuration file (default: ./mailticket.toml, or $MAILTICKET_CONFIG).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="MAILTICKET_CONFIG",
+    help="Configuration file (default: ./mailticket.toml, or $MAILTICKET_CONFIG).",
+)
 @click.version_option(__version__, prog_name="mailticket")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
@@ -123,9 +132,10 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     Every email becomes a ticket, threaded by its [#N] token or its References,
     routed by the YAML rules and acknowledged from a template.
     """
-    source = {click.core.ParameterSource.COMMANDLINE: "--config",
-              click.core.ParameterSource.ENVIRONMENT: "$MAILTICKET_CONFIG"}.get(
-        ctx.get_parameter_source("config_path"), "")  # type: ignore[arg-type]
+    source = {
+        click.core.ParameterSource.COMMANDLINE: "--config",
+        click.core.ParameterSource.ENVIRONMENT: "$MAILTICKET_CONFIG",
+    }.get(ctx.get_parameter_source("config_path"), "")  # type: ignore[arg-type]
     ctx.obj = Ctx(config_path, source)
     ctx.call_on_close(ctx.obj.close)
 
@@ -166,8 +176,12 @@ attachments = "var/attachments"
 
 @main.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
-@click.option("--address", default="support@example.com", show_default=True,
-              help="The helpdesk's customer-facing address.")
+@click.option(
+    "--address",
+    default="support@example.com",
+    show_default=True,
+    help="The helpdesk's customer-facing address.",
+)
 @click.option("--name", default="Support", show_default=True, help="The helpdesk's name.")
 @click.option("--force", is_flag=True, help="Overwrite an existing configuration file.")
 @click.pass_obj
@@ -186,7 +200,8 @@ def init(obj: Ctx, directory: str | None, address: str, name: str, force: bool) 
     elif cfg_file.parent.resolve() != Path(directory).resolve():
         raise click.UsageError(
             f"{obj.source} names {cfg_file}, which is not in {directory}: give the folder or "
-            f"the configuration file, not two different places")
+            f"the configuration file, not two different places"
+        )
     target = cfg_file.parent
     target.mkdir(parents=True, exist_ok=True)
     if cfg_file.exists() and not force:
@@ -286,14 +301,19 @@ def open_for_ingest(obj: Ctx, recipients: tuple[str, ...], pipe: bool) -> App:
 @main.command(cls=IngestCommand)
 @click.argument("paths", nargs=-1, required=True)
 @json_option
-@click.option("--batch", default=100, show_default=True,
-              help="Messages stored and processed per transaction.")
-@click.option("--recipient", "recipients", multiple=True, metavar="ADDRESS",
-              help="The envelope recipient, as an MTA pipe passes it (repeatable): stored as "
-                   "the message's mailbox; exit 67 when it is not ours.")
+@click.option(
+    "--batch", default=100, show_default=True, help="Messages stored and processed per transaction."
+)
+@click.option(
+    "--recipient",
+    "recipients",
+    multiple=True,
+    metavar="ADDRESS",
+    help="The envelope recipient, as an MTA pipe passes it (repeatable): stored as "
+    "the message's mailbox; exit 67 when it is not ours.",
+)
 @click.pass_obj
-def ingest(obj: Ctx, paths: tuple[str, ...], as_json: bool, batch: int,
-           recipients: tuple[str, ...]) -> None:
+def ingest(obj: Ctx, paths: tuple[str, ...], as_json: bool, batch: int, recipients: tuple[str, ...]) -> None:
     """Store and process messages from .eml files, mboxes, Maildirs or - (stdin).
 
     Each message is first committed to the durable inbox, then run through the
@@ -327,19 +347,23 @@ def ingest(obj: Ctx, paths: tuple[str, ...], as_json: bool, batch: int,
         else:
             results.append(result)
 
-    with click.progressbar(length=total or 0, label="ingesting", file=sys.stderr,
-                           hidden=not (show_bar and total and total > 50)) as bar:
+    with click.progressbar(
+        length=total or 0, label="ingesting", file=sys.stderr, hidden=not (show_bar and total and total > 50)
+    ) as bar:
         try:
-            done = store_and_process(app, paths, batch=batch, recipients=recipients,
-                                     on_result=report, on_batch=bar.update)
+            done = store_and_process(
+                app, paths, batch=batch, recipients=recipients, on_result=report, on_batch=bar.update
+            )
         except BadInput as exc:
             raise click.BadParameter(str(exc)) from None
     if not as_json:
         if len(results) <= 20:
             for r in results:
                 where = f"#{r.ticket}" if r.ticket else "-"
-                click.echo(f"{r.outcome:<11} {where:<7} {r.message_id or '(no Message-ID)'}"
-                           + (f"  ({r.reason})" if r.reason else ""))
+                click.echo(
+                    f"{r.outcome:<11} {where:<7} {r.message_id or '(no Message-ID)'}"
+                    + (f"  ({r.reason})" if r.reason else "")
+                )
         if done.counts or done.problem is None:
             click.echo(", ".join(f"{n} {k}" for k, n in sorted(done.counts.items())) or "no messages")
     if done.problem:
@@ -370,8 +394,10 @@ def ticket_list(obj: Ctx, status, queue, requester, limit, as_json) -> None:
     if as_json:
         emit_json([tickets.as_dict(t, full=False) for t in rows])
         return
-    table([[f"#{t.number}", t.status, t.priority, t.queue, t.requester, t.subject] for t in rows],
-          ["ticket", "status", "prio", "queue", "requester", "subject"])
+    table(
+        [[f"#{t.number}", t.status, t.priority, t.queue, t.requester, t.subject] for t in rows],
+        ["ticket", "status", "prio", "queue", "requester", "subject"],
+    )
 
 
 @ticket.command("show")
@@ -413,8 +439,11 @@ def outbox_group() -> None:
 
 
 @outbox_group.command("list")
-@click.option("--state", type=click.Choice(["queued", "sending", "sent", "retry", "dead"]),
-              help="Only messages in this state (sending: claimed by a sender right now).")
+@click.option(
+    "--state",
+    type=click.Choice(["queued", "sending", "sent", "retry", "dead"]),
+    help="Only messages in this state (sending: claimed by a sender right now).",
+)
 @click.option("--limit", default=50, show_default=True, help="At most this many messages.")
 @json_option
 @click.pass_obj
@@ -425,8 +454,13 @@ def outbox_list(obj: Ctx, state, limit, as_json) -> None:
     if as_json:
         emit_json([outbox.as_dict(r) for r in rows])
         return
-    table([[r.id, f"#{r.ticket}" if r.ticket else "", r.kind, r.state, r.attempts, r.to_addr, r.subject]
-           for r in rows], ["id", "ticket", "kind", "state", "tries", "to", "subject"])
+    table(
+        [
+            [r.id, f"#{r.ticket}" if r.ticket else "", r.kind, r.state, r.attempts, r.to_addr, r.subject]
+            for r in rows
+        ],
+        ["id", "ticket", "kind", "state", "tries", "to", "subject"],
+    )
 
 
 @outbox_group.command("deliver")
@@ -471,12 +505,25 @@ def quarantine_list(obj: Ctx, as_json: bool) -> None:
     obj.app(processing=False)
     rows = durable_inbox.quarantined(limit=1000)
     if as_json:
-        emit_json([{"id": r.id, "received_at": r.received_at.isoformat(), "source": r.source,
-                    "message_id": r.message_id, "step": r.step, "reason": r.reason,
-                    "attempts": r.attempts} for r in rows])
+        emit_json(
+            [
+                {
+                    "id": r.id,
+                    "received_at": r.received_at.isoformat(),
+                    "source": r.source,
+                    "message_id": r.message_id,
+                    "step": r.step,
+                    "reason": r.reason,
+                    "attempts": r.attempts,
+                }
+                for r in rows
+            ]
+        )
         return
-    table([[r.id, r.received_at.strftime("%Y-%m-%d %H:%M"), r.source, r.step, r.reason] for r in rows],
-          ["id", "received", "source", "step", "reason"])
+    table(
+        [[r.id, r.received_at.strftime("%Y-%m-%d %H:%M"), r.source, r.step, r.reason] for r in rows],
+        ["id", "received", "source", "step", "reason"],
+    )
 
 
 @quarantine.command("show")
@@ -506,14 +553,18 @@ def quarantine_retry(obj: Ctx, ids, as_json: bool) -> None:
     """Run quarantined messages (all, or IDS) through the pipeline again."""
     app = obj.app()
     moved = durable_inbox.requeue(list(ids))
+    assert app.worker is not None  # opened for processing
     results = app.worker.run_pending(ids=moved) if moved else []
     if as_json:
         for r in results:
             emit_json(r.as_dict())
         return
     for r in results:
-        click.echo(f"{r.inbox_id}: {r.outcome}" + (f" #{r.ticket}" if r.ticket else "")
-                   + (f" ({r.reason})" if r.reason else ""))
+        click.echo(
+            f"{r.inbox_id}: {r.outcome}"
+            + (f" #{r.ticket}" if r.ticket else "")
+            + (f" ({r.reason})" if r.reason else "")
+        )
     click.echo(f"{len(results)} message(s) retried")
 
 
@@ -526,8 +577,11 @@ def inbox() -> None:
 
 
 @inbox.command("list")
-@click.option("--outcome", type=click.Choice(["created", "appended", "duplicate", "suppressed",
-                                             "bounce"]), help="Only messages with this outcome.")
+@click.option(
+    "--outcome",
+    type=click.Choice(["created", "appended", "duplicate", "suppressed", "bounce"]),
+    help="Only messages with this outcome.",
+)
 @click.option("--unmatched", is_flag=True, help="Only messages that went to no ticket.")
 @click.option("--limit", type=int, default=100, show_default=True, help="At most this many messages.")
 @json_option
@@ -543,13 +597,35 @@ def inbox_list(obj: Ctx, outcome: str | None, unmatched: bool, limit: int, as_js
     obj.app(processing=False)
     rows = models.inbox_listing(outcome, unmatched, limit)
     if as_json:
-        emit_json([{"id": r.id, "received_at": r.received_at.isoformat(), "source": r.source,
-                    "message_id": r.message_id, "outcome": r.outcome, "ticket": r.ticket,
-                    "reason": r.reason} for r in rows])
+        emit_json(
+            [
+                {
+                    "id": r.id,
+                    "received_at": r.received_at.isoformat(),
+                    "source": r.source,
+                    "message_id": r.message_id,
+                    "outcome": r.outcome,
+                    "ticket": r.ticket,
+                    "reason": r.reason,
+                }
+                for r in rows
+            ]
+        )
         return
-    table([[r.id, r.received_at.strftime("%Y-%m-%d %H:%M"), r.source, r.outcome,
-            f"#{r.ticket}" if r.ticket else "-", (r.reason or "")[:80]] for r in rows],
-          ["id", "received", "source", "outcome", "ticket", "reason"])
+    table(
+        [
+            [
+                r.id,
+                r.received_at.strftime("%Y-%m-%d %H:%M"),
+                r.source,
+                r.outcome,
+                f"#{r.ticket}" if r.ticket else "-",
+                (r.reason or "")[:80],
+            ]
+            for r in rows
+        ],
+        ["id", "received", "source", "outcome", "ticket", "reason"],
+    )
 
 
 # --- rules -------------------------------------------------------------------------------
@@ -572,8 +648,12 @@ def rules_check(obj: Ctx, path: str | None, as_json: bool) -> None:
     if not problems:
         problems = missing_templates(load_rules(target), cfg)
     if as_json:
-        emit_json([{"file": p.file, "line": p.line, "key": p.key, "rule": p.rule,
-                    "message": p.message} for p in problems])
+        emit_json(
+            [
+                {"file": p.file, "line": p.line, "key": p.key, "rule": p.rule, "message": p.message}
+                for p in problems
+            ]
+        )
     else:
         for p in problems:
             click.echo(str(p))
@@ -582,8 +662,9 @@ def rules_check(obj: Ctx, path: str | None, as_json: bool) -> None:
             click.echo(f"{target}: {n} rule(s), no problems")
     if problems:
         if not as_json:
-            click.echo(f"{len(problems)} problem(s): fix them before you start or reload "
-                       "the daemon", err=True)
+            click.echo(
+                f"{len(problems)} problem(s): fix them before you start or reload the daemon", err=True
+            )
         sys.exit(1)
 
 
@@ -600,9 +681,20 @@ def rules_list(obj: Ctx, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    table([[r.get("file"), r.get("line"), r.get("name"), r.get("applies_to"),
-            "stop" if r.get("stop") else "", r.get("when", "")] for r in rows],
-          ["file", "line", "rule", "applies", "stop", "when"])
+    table(
+        [
+            [
+                r.get("file"),
+                r.get("line"),
+                r.get("name"),
+                r.get("applies_to"),
+                "stop" if r.get("stop") else "",
+                r.get("when", ""),
+            ]
+            for r in rows
+        ],
+        ["file", "line", "rule", "applies", "stop", "when"],
+    )
 
 
 @rules_group.command("test")
@@ -621,6 +713,7 @@ def rules_test(obj: Ctx, message, as_json: bool) -> None:
     from .parsers.message import parse as parse_bytes
 
     parsed = parse_bytes(message.read())
+    assert app.pipeline is not None and app.rules is not None  # opened for processing
     ticket = None
     number = app.pipeline.env.tokens.find(parsed.subject)
     if number:

@@ -7,6 +7,13 @@ one `SystemClock` and pass it down; tests pass a `FrozenClock` and move it.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """What every time-dependent part is given: a source of aware UTC datetimes."""
+
+    def now(self) -> datetime: ...
 
 
 class SystemClock:

@@ -24,6 +24,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .errors import ConfigError
 from .states import PRIORITIES
 
+_Section = typing.TypeVar("_Section", "Outgoing", "Paths", "Smtp", "Imap")  # _resolve's sections
+
 DEFAULT_PATH = "mailticket.toml"
 ENV_VAR = "MAILTICKET_CONFIG"
 
@@ -143,7 +145,6 @@ class Sla:
         default_factory=lambda: {"P1": 240, "P2": 1440, "P3": 4320, "P4": 20160}
     )
 
-
     # Business hours, for rules (`business_hours: true`) and SLA clocks.
     business_days: str = "mon-fri"
     business_hours: str = "08:00-18:00"
@@ -185,8 +186,9 @@ class Config:
     def business_hours(self):
         from .sla import BusinessHours
 
-        return BusinessHours.parse(self.sla.business_days, self.sla.business_hours,
-                                   self.helpdesk.timezone, self.sla.holidays or None)
+        return BusinessHours.parse(
+            self.sla.business_days, self.sla.business_hours, self.helpdesk.timezone, self.sla.holidays or None
+        )
 
     def our_addresses(self) -> frozenset[str]:
         """Every address that is the helpdesk itself (lower-case)."""
@@ -335,7 +337,9 @@ def _section(cls: type, name: str, value: object, problems: list[str]) -> object
         low, high = _RANGES.get((name, key), (None, None))
         if choices and coerced not in choices:
             problems.append(f"[{name}] {key}: must be one of {', '.join(choices)}, got {coerced!r}")
-        elif (low is not None and coerced < low) or (high is not None and coerced > high):
+        elif isinstance(coerced, int) and (
+            (low is not None and coerced < low) or (high is not None and coerced > high)
+        ):
             within = f"from {low} to {high}" if high is not None else f"at least {low}"
             problems.append(f"[{name}] {key}: must be {within}, got {coerced}")
         else:
@@ -423,18 +427,18 @@ def _check(cfg: Config, problems: list[str]) -> None:
 def _resolve(cfg: Config, base: Path, path: str) -> Config:
     """Anchor relative paths (and a relative SQLite file) at the config file's folder."""
 
-    def fix(section: object, name: str) -> object:
-        changes = {}
-        for f in dataclasses.fields(section):  # type: ignore[arg-type]
+    def fix(section: _Section, name: str) -> _Section:
+        changes: dict[str, typing.Any] = {}  # path strings, for str fields
+        for f in dataclasses.fields(section):
             if (name, f.name) in _PATH_KEYS:
                 value = getattr(section, f.name)
                 if value and not Path(value).is_absolute():
                     changes[f.name] = str(base / value)
-        return dataclasses.replace(section, **changes) if changes else section  # type: ignore
+        return dataclasses.replace(section, **changes) if changes else section
 
     url = cfg.database.url
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        rel = url[len("sqlite:///"):]
+        rel = url[len("sqlite:///") :]
         if rel and rel != ":memory:":
             url = "sqlite:///" + str(base / rel)
     return dataclasses.replace(

@@ -47,6 +47,7 @@ import os
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING, cast
 
 from . import config as config_mod
 from . import outbox
@@ -61,11 +62,15 @@ from .children import (
     child_main,
     setup_logging,
 )
+from .clock import Clock
 from .config import Config, host_port
+from .db import Database, open_database
 from .db import check as check_database
-from .db import open_database
 from .errors import ConfigError
 from .metrics import HttpEndpoint, Metrics
+
+if TYPE_CHECKING:
+    from .smtp import Listener
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +86,7 @@ class Child:
     middle of a message or holding a lock spoils only what dies with it.
     """
 
-    def __init__(self, kind: type[ChildProcess], config_path: str | None,
-                 *wakeups: Wakeup) -> None:
+    def __init__(self, kind: type[ChildProcess], config_path: str | None, *wakeups: Wakeup) -> None:
         self.kind, self.name, self.config_path, self.wakeups = kind, kind.name, config_path, wakeups
         self.stop = SPAWN.Event()
         self.events: multiprocessing.connection.Connection | None = None  # what it sends us
@@ -99,9 +103,11 @@ class Child:
         self.problem = None
         self.stop = SPAWN.Event()
         self.events, send = SPAWN.Pipe(duplex=False)
-        self.process = SPAWN.Process(target=child_main, name=self.name,
-                                     args=(self.kind, self.config_path, self.stop, send,
-                                           *self.wakeups))
+        self.process = SPAWN.Process(
+            target=child_main,
+            name=self.name,
+            args=(self.kind, self.config_path, self.stop, send, *self.wakeups),
+        )
         self.process.start()
         send.close()  # the child's end: when it dies, we read EOF
         self.started_at = time.monotonic()
@@ -120,8 +126,12 @@ class Child:
             early = now - self.started_at < STABLE_SECONDS
             self.delay = min(self.delay * 2, longest) if early and self.delay else first
             self.restart_at = now + self.delay
-            log.error("the %s process exited (%s); restarting it in %.3g s", self.name,
-                      self.process.exitcode, self.delay)
+            log.error(
+                "the %s process exited (%s); restarting it in %.3g s",
+                self.name,
+                self.process.exitcode,
+                self.delay,
+            )
         elif now >= self.restart_at:
             self.restart_at = None
             log.warning("restarting the %s process", self.name)
@@ -131,9 +141,9 @@ class Child:
     def reload(self) -> None:
         if not self.ready.is_set():
             self.reload_pending = True  # sent once it can take it
-        elif self.alive() and self.process.pid is not None:
+        elif (process := self.process) is not None and process.is_alive() and process.pid is not None:
             self.reload_pending = False
-            os.kill(self.process.pid, signal.SIGHUP)
+            os.kill(process.pid, signal.SIGHUP)
 
     def finish(self, timeout: float) -> bool:
         """Ask it to drain and exit; False when it had to be stopped or failed."""
@@ -152,7 +162,7 @@ class Child:
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: str | None, clock, db) -> None:
+    def __init__(self, config: Config, config_path: str | None, clock: Clock, db: Database) -> None:
         self.config, self.config_path, self.clock, self.db = config, config_path, clock, db
         self.metrics = Metrics()
         self.stop = threading.Event()  # the edges' stop
@@ -162,7 +172,7 @@ class Daemon:
         self.outbox = Child(OutboxProcess, config_path, self.outbox_wake)
         self.children = (self.worker, self.outbox)
         self.threads: list[threading.Thread] = []
-        self.listener = None
+        self.listener: Listener | None = None
         self.http: HttpEndpoint | None = None
         self.transport_error: str | None = None  # the outbox's last word on the smarthost
 
@@ -197,8 +207,9 @@ class Daemon:
         try:
             self.listener = smtp.start(cfg, self.clock, on_stored=self.stored)
         except OSError as exc:
-            raise ConfigError(f"[smtp] listen = {cfg.smtp.listen}: cannot listen there: "
-                              f"{_reason(exc)}") from None
+            raise ConfigError(
+                f"[smtp] listen = {cfg.smtp.listen}: cannot listen there: {_reason(exc)}"
+            ) from None
         log.info("listening for %s on %s", "LMTP" if cfg.smtp.lmtp else "SMTP", cfg.smtp.listen)
         pollers = []
         if cfg.imap:
@@ -210,8 +221,9 @@ class Daemon:
             try:
                 http = HttpEndpoint(host, port, self.metrics, self.health)
             except OSError as exc:
-                raise ConfigError(f"[daemon] http = {cfg.daemon.http}: cannot listen there: "
-                                  f"{_reason(exc)}") from None
+                raise ConfigError(
+                    f"[daemon] http = {cfg.daemon.http}: cannot listen there: {_reason(exc)}"
+                ) from None
             http.start()
             self.http = http
             log.info("health and metrics on http://%s:%s/healthz and /metrics", host, http.port)
@@ -229,7 +241,8 @@ class Daemon:
         while not (self.stop.is_set() and not any(c.alive() for c in self.children)):
             # Readiness, state changes and figures from the children, for /healthz and metrics.
             channels = {c.events: c for c in self.children if c.events is not None}
-            for conn in multiprocessing.connection.wait(list(channels), timeout=0.5):
+            ready = multiprocessing.connection.wait(list(channels), timeout=0.5)
+            for conn in cast("list[multiprocessing.connection.Connection]", ready):  # of `channels`
                 child = channels[conn]
                 try:
                     report = conn.recv()
@@ -339,11 +352,11 @@ class Daemon:
 
 
 def _reason(exc: OSError) -> str:
-    """"Address already in use", not asyncio's long sentence around it."""
+    """ "Address already in use", not asyncio's long sentence around it."""
     return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
-def run(config_path: str | None, clock=None) -> int:
+def run(config_path: str | None, clock: Clock | None = None) -> int:
     from .clock import SystemClock
 
     cfg = config_mod.load(config_path)

@@ -44,16 +44,18 @@ SQLITE_PRAGMAS = (
 OperationalError = peewee.OperationalError
 DatabaseError = peewee.DatabaseError
 IntegrityError = peewee.IntegrityError
+Database = peewee.Database  # for annotations elsewhere: peewee is imported here and in models only
 
 # Errors of the database, not of the data: unavailable, locked, a lock timeout, the
 # connection lost.  Whoever meets one rolls back, waits and tries again (after
 # `reset_connection`); they never make a message bad mail.
 TRANSIENT_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 
+
 def open_database(url: str, *, migrate: bool = True) -> peewee.Database:
     """Connect to `url`, bind the models, and bring the schema up to date."""
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
+        path = url[len("sqlite:///") :]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = peewee.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS)
@@ -113,7 +115,9 @@ def writing() -> Iterator[None]:
     path = getattr(db, "database", "") if is_sqlite() else ""
     fd = _lock_file(path) if path and path != ":memory:" else None
     if fd is not None:
-        _take(fd, dict(SQLITE_PRAGMAS)["busy_timeout"] / 1000)
+        busy_ms = dict(SQLITE_PRAGMAS)["busy_timeout"]  # read here: tests shorten it
+        assert isinstance(busy_ms, int)
+        _take(fd, busy_ms / 1000)
     _writer.depth = 1
     try:
         yield
@@ -195,6 +199,7 @@ def check() -> str | None:
         return " ".join(str(exc).split()) or type(exc).__name__
     finally:
         reset_connection()
+
 
 def redact(url: str) -> str:
     """The URL without its password, for messages and logs."""

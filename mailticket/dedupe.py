@@ -31,11 +31,11 @@ def content_hash(raw: bytes) -> str:
     mbox or an .eml file may hold LF what SMTP brought as CRLF)."""
     raw = raw.replace(b"\r\n", b"\n")
     end = raw.find(b"\n\n")
-    head, body = (raw, b"") if end < 0 else (raw[:end + 1], raw[end + 1:])
+    head, body = (raw, b"") if end < 0 else (raw[: end + 1], raw[end + 1 :])
     return hashlib.sha256(_TRACE.sub(b"", head) + body).hexdigest()
 
 
-def check(row: Inbox, message_id: str) -> tuple[str, tuple | None, int | None]:
+def check(row: Inbox, message_id: str | None) -> tuple[str, tuple | None, int | None]:
     """`row`'s dedupe key; the earliest processed row it duplicates, as
     `(inbox id, ticket, state)`, or None; the inbox row whose Message-ID it reuses with
     other content, or None."""

@@ -32,7 +32,7 @@ def split_from_line(data: bytes) -> tuple[bytes | None, bytes]:
     match = _FROM_LINE.match(data)
     if match is None:
         return None, data
-    return match.group(1), data[match.end():]
+    return match.group(1), data[match.end() :]
 
 
 def return_path(sender: bytes) -> bytes:
@@ -52,7 +52,7 @@ def with_return_path(data: bytes, sender: bytes | None) -> bytes:
     """
     match = _RETURN_PATH.match(data)
     if match is not None:
-        sender, data = match.group(1), data[match.end():]
+        sender, data = match.group(1), data[match.end() :]
     elif sender is None:
         return data
     first_line = data.split(b"\n", 1)[0]

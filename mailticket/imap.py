@@ -34,9 +34,10 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from imapclient import IMAPClient  # type: ignore[import-untyped]
-from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
 
+from .clock import Clock
 from .config import Imap, read_secret
 from .db import TRANSIENT_ERRORS, DatabaseError, writing
 from .errors import MailticketError, StorageError
@@ -77,9 +78,16 @@ def _shutdown(client: IMAPClient) -> None:
 class ImapPoller:
     """Reads one mailbox into the durable inbox: `poll_once()` now, or `run(stop)` for ever."""
 
-    def __init__(self, cfg: Imap, clock, on_stored: Callable[[list[int]], None] | None = None,
-                 *, batch: int = BATCH, batch_bytes: int = BATCH_BYTES,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Imap,
+        clock: Clock,
+        on_stored: Callable[[list[int]], None] | None = None,
+        *,
+        batch: int = BATCH,
+        batch_bytes: int = BATCH_BYTES,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.cfg = cfg
         self.clock = clock
         self.on_stored = on_stored
@@ -105,8 +113,13 @@ class ImapPoller:
         context = None
         if cfg.tls != "none":
             context = self.ssl_context or ssl.create_default_context()
-        client = IMAPClient(cfg.host, cfg.port, ssl=cfg.tls == "tls",
-                            ssl_context=context if cfg.tls == "tls" else None, timeout=TIMEOUT)
+        client = IMAPClient(
+            cfg.host,
+            cfg.port,
+            ssl=cfg.tls == "tls",
+            ssl_context=context if cfg.tls == "tls" else None,
+            timeout=TIMEOUT,
+        )
         try:
             if cfg.tls == "starttls":
                 client.starttls(context)
@@ -131,8 +144,13 @@ class ImapPoller:
             _shutdown(client)
             raise
         self._client = client
-        log.info("imap %s: connected (UIDVALIDITY %d, last UID %d%s)", self.key,
-                 self._uidvalidity, self._last_uid, ", first import" if self._importing else "")
+        log.info(
+            "imap %s: connected (UIDVALIDITY %d, last UID %d%s)",
+            self.key,
+            self._uidvalidity,
+            self._last_uid,
+            ", first import" if self._importing else "",
+        )
         if self._unacked:  # stored before the connection dropped: answer them now
             self._acknowledge(self._unacked)
         return client
@@ -173,20 +191,26 @@ class ImapPoller:
             # Start over from UID 1: re-reading is safe because the pipeline's dedupe
             # by Message-ID records a message already stored as a duplicate, whereas
             # keeping the old last UID could silently skip new mail.
-            log.warning("imap %s: UIDVALIDITY changed %d -> %d: reading the folder again "
-                        "from UID 1 (duplicates are recognised by Message-ID)",
-                        self.key, state.uidvalidity, uidvalidity)
+            log.warning(
+                "imap %s: UIDVALIDITY changed %d -> %d: reading the folder again "
+                "from UID 1 (duplicates are recognised by Message-ID)",
+                self.key,
+                state.uidvalidity,
+                uidvalidity,
+            )
             self._importing, self._last_uid, self._unacked = False, 0, []
         else:
             self._importing, self._last_uid = False, state.last_uid
 
     def _save_state(self, last_uid: int, importing: bool) -> None:
         uidvalidity = None if importing else self._uidvalidity
-        updated = (ImapState.update(uidvalidity=uidvalidity, last_uid=last_uid)
-                   .where(ImapState.mailbox == self.key).execute())
+        updated = (
+            ImapState.update(uidvalidity=uidvalidity, last_uid=last_uid)
+            .where(ImapState.mailbox == self.key)
+            .execute()
+        )
         if not updated:
-            ImapState.insert(mailbox=self.key, uidvalidity=uidvalidity,
-                             last_uid=last_uid).execute()
+            ImapState.insert(mailbox=self.key, uidvalidity=uidvalidity, last_uid=last_uid).execute()
 
     def _commit(self, items: list[Incoming], last_uid: int, *, importing: bool) -> list[int]:
         """Store the messages and move the last UID past them: all or nothing."""
@@ -219,13 +243,12 @@ class ImapPoller:
     def _drain(self, client: IMAPClient) -> int:
         client.noop()  # lets the server tell us about new mail (RFC 3501 6.1.2)
         # `n:*` always matches the highest UID, even when it is below n (RFC 3501 6.4.8).
-        uids = sorted(u for u in client.search(["UID", f"{self._last_uid + 1}:*"])
-                      if u > self._last_uid)
+        uids = sorted(u for u in client.search(["UID", f"{self._last_uid + 1}:*"]) if u > self._last_uid)
         stored = 0
         for start in range(0, len(uids), self.batch):
             if self._stop.is_set():  # every batch so far is committed: safe to stop here
                 return stored
-            chunk = uids[start:start + self.batch]
+            chunk = uids[start : start + self.batch]
             # Sizes first, to hold at most `batch_bytes` of mail at once; arrival dates
             # only while importing history (parsing them costs as much as the sizes).
             items = ["RFC822.SIZE", "INTERNALDATE"] if self._importing else ["RFC822.SIZE"]
@@ -250,8 +273,7 @@ class ImapPoller:
         historic: set[int] = set()
         if self._importing:
             cutoff = self.clock.now() - timedelta(days=self.cfg.history_days)
-            historic = {u for u in group
-                        if u in meta and meta[u][b"INTERNALDATE"] < cutoff}
+            historic = {u for u in group if u in meta and meta[u][b"INTERNALDATE"] < cutoff}
         skip = historic if self.cfg.history == "skip" else set()
         # A UID missing from `meta` was expunged by someone else meanwhile: gone.
         wanted = [u for u in group if u in meta and u not in skip]
@@ -260,13 +282,20 @@ class ImapPoller:
         for uid in wanted:
             raw = bodies.get(uid, {}).get(BODY)
             if raw is not None:
-                items.append(Incoming(raw, "imap", mailbox=self.key,
-                                      queue=self.cfg.queue or None, silent=uid in historic))
+                items.append(
+                    Incoming(
+                        raw, "imap", mailbox=self.key, queue=self.cfg.queue or None, silent=uid in historic
+                    )
+                )
                 took.append(uid)
         ids = self._commit(items, group[-1], importing=self._importing)
         if skip:
-            log.info("imap %s: skipped %d messages older than %d days (history = skip)",
-                     self.key, len(skip), self.cfg.history_days)
+            log.info(
+                "imap %s: skipped %d messages older than %d days (history = skip)",
+                self.key,
+                len(skip),
+                self.cfg.history_days,
+            )
         log.debug("imap %s: stored %d messages, last UID %d", self.key, len(ids), group[-1])
         self._unacked = took  # committed: from here on, owed a flag or a move
         if ids and self.on_stored:
@@ -315,11 +344,11 @@ class ImapPoller:
                     self._wait(stop)
                 except (*NETWORK_ERRORS, MailticketError) as exc:
                     # One line per failure; imapclient's errors never carry the password.
-                    log.warning("imap %s: %s: %s; retrying in %.3g s", self.key,
-                                type(exc).__name__, exc, delay)
+                    log.warning(
+                        "imap %s: %s: %s; retrying in %.3g s", self.key, type(exc).__name__, exc, delay
+                    )
                 except Exception:  # a bug: keep the thread alive, say so loudly
-                    log.exception("imap %s: unexpected error; retrying in %.3g s",
-                                  self.key, delay)
+                    log.exception("imap %s: unexpected error; retrying in %.3g s", self.key, delay)
                 else:
                     continue
                 self._drop()
@@ -346,8 +375,7 @@ class ImapPoller:
         while not stop.is_set() and time.monotonic() - started < IDLE_RENEW:
             tick = time.monotonic()
             responses = client.idle_check(timeout=IDLE_TICK)
-            if any(r[:1] == (b"BYE",) or r[1:2] in ((b"EXISTS",), (b"RECENT",))
-                   for r in responses):
+            if any(r[:1] == (b"BYE",) or r[1:2] in ((b"EXISTS",), (b"RECENT",)) for r in responses):
                 break
             # Readable but nothing parsed: the server closed the connection, and
             # idle_check swallows that EOF; idle_done() below raises it.

@@ -51,12 +51,24 @@ def store_many(items: Iterable[Incoming], *, now) -> list[int]:
     while True:
         try:
             with writing(), db.atomic():
-                rows = [dict(received_at=now, source=i.source, mailbox=i.mailbox, queue=i.queue,
-                             raw=i.raw, state="pending", silent=i.silent) for i in items]
+                rows = [
+                    dict(
+                        received_at=now,
+                        source=i.source,
+                        mailbox=i.mailbox,
+                        queue=i.queue,
+                        raw=i.raw,
+                        state="pending",
+                        silent=i.silent,
+                    )
+                    for i in items
+                ]
                 # A few statements, not one per message (a round trip each on PostgreSQL).
-                return [key for start in range(0, len(rows), STORE_ROWS)
-                        for key in models.insert_many(Inbox, rows[start:start + STORE_ROWS],
-                                                      keys=True)]
+                return [
+                    key
+                    for start in range(0, len(rows), STORE_ROWS)
+                    for key in models.insert_many(Inbox, rows[start : start + STORE_ROWS], keys=True)
+                ]
         except TRANSIENT_ERRORS as exc:
             if again:
                 again = False
@@ -73,8 +85,15 @@ def one_line(exc: BaseException) -> str:
 
 def quarantined(limit: int = 100) -> list[Inbox]:
     return list(
-        Inbox.select(Inbox.id, Inbox.received_at, Inbox.source, Inbox.message_id, Inbox.step,
-                     Inbox.reason, Inbox.attempts)
+        Inbox.select(
+            Inbox.id,
+            Inbox.received_at,
+            Inbox.source,
+            Inbox.message_id,
+            Inbox.step,
+            Inbox.reason,
+            Inbox.attempts,
+        )
         .where(Inbox.state == "quarantined")
         .order_by(Inbox.id)
         .limit(limit)

@@ -59,18 +59,21 @@ class Summary:
     @property
     def problem(self) -> str | None:
         if self.not_stored:
-            return one_line(f"mailticket: {self.not_stored} message(s) not stored, try again "
-                            f"later: {self.why}")
+            return one_line(
+                f"mailticket: {self.not_stored} message(s) not stored, try again later: {self.why}"
+            )
         if self.waiting:
-            return one_line(f"mailticket: {self.waiting} message(s) stored, processing deferred "
-                            f"(the daemon takes them): {self.why}")
+            return one_line(
+                f"mailticket: {self.waiting} message(s) stored, processing deferred "
+                f"(the daemon takes them): {self.why}"
+            )
         return None
 
 
 def one_line(text: str, limit: int = 300) -> str:
     """`text` on one short line: an MTA puts a pipe command's output in its bounce and log."""
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def refused_recipient(config: Config, recipients: tuple[str, ...]) -> str | None:
@@ -92,7 +95,8 @@ def log_for_pipe() -> None:
     if os.path.exists(SYSLOG_SOCKET):
         try:
             handler = logging.handlers.SysLogHandler(
-                SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_MAIL)
+                SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_MAIL
+            )
             handler.setFormatter(logging.Formatter("mailticket[%(process)d]: %(name)s: %(message)s"))
         except OSError:
             pass
@@ -150,10 +154,15 @@ def count_inputs(paths: tuple[str, ...]) -> int | None:
     return total
 
 
-def store_and_process(app: App, paths: tuple[str, ...], *, batch: int,
-                      recipients: tuple[str, ...] = (),
-                      on_result: Callable[[Result], None] | None = None,
-                      on_batch: Callable[[int], None] | None = None) -> Summary:
+def store_and_process(
+    app: App,
+    paths: tuple[str, ...],
+    *,
+    batch: int,
+    recipients: tuple[str, ...] = (),
+    on_result: Callable[[Result], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Summary:
     """Store the messages of `paths` `batch` at a time, and process each batch once stored.
 
     `on_result` gets each message's result as it is processed, `on_batch` the size of
@@ -187,13 +196,19 @@ def store_and_process(app: App, paths: tuple[str, ...], *, batch: int,
         # Stored: from here on nothing may fail the command, or an MTA would deliver
         # the message twice (75) or bounce it (any other status).  A row whose run
         # did not commit stays pending, and the daemon's worker takes it later.
+        assert app.worker is not None  # opened for processing
         done = sum(summary.counts.values())
         try:
             app.worker.run_pending(ids=ids, on_result=report)
         except Exception as exc:
             left = n - (sum(summary.counts.values()) - done)
-            log.error("inbox %s: stored; %d left pending, not processed: %s",
-                      ",".join(map(str, ids)), left, exc, exc_info=True)
+            log.error(
+                "inbox %s: stored; %d left pending, not processed: %s",
+                ",".join(map(str, ids)),
+                left,
+                exc,
+                exc_info=True,
+            )
             summary.waiting += left
             summary.why = summary.why or f"{type(exc).__name__}: {exc}"
         if on_batch is not None:

@@ -26,34 +26,41 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.received = Counter(
-            "mailticket_messages_total", "Messages processed, by source and outcome",
-            ["source", "outcome"], registry=self.registry,
+            "mailticket_messages_total",
+            "Messages processed, by source and outcome",
+            ["source", "outcome"],
+            registry=self.registry,
         )
         self.tickets_created = Counter(
             "mailticket_tickets_created_total", "Tickets created", registry=self.registry
         )
         self.outbox_depth = Gauge(
-            "mailticket_outbox_depth", "Outgoing messages not yet sent, by state", ["state"],
+            "mailticket_outbox_depth",
+            "Outgoing messages not yet sent, by state",
+            ["state"],
             registry=self.registry,
         )
         self.delivery_failures = Counter(
-            "mailticket_delivery_failures_total", "Failed delivery attempts, by kind (retry, dead)",
-            ["kind"], registry=self.registry,
+            "mailticket_delivery_failures_total",
+            "Failed delivery attempts, by kind (retry, dead)",
+            ["kind"],
+            registry=self.registry,
         )
-        self.deliveries = Counter(
-            "mailticket_deliveries_total", "Messages delivered", registry=self.registry
-        )
+        self.deliveries = Counter("mailticket_deliveries_total", "Messages delivered", registry=self.registry)
         self.transport_up = Gauge(
             "mailticket_outbox_transport_up",
             "1 when the last delivery pass could use its transport (the smarthost answered), else 0",
             registry=self.registry,
         )
         self.restarts = Counter(
-            "mailticket_process_restarts_total", "Child processes started again after they died",
-            ["process"], registry=self.registry,
+            "mailticket_process_restarts_total",
+            "Child processes started again after they died",
+            ["process"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "mailticket_pipeline_seconds", "Time from receipt to commit of a processed message",
+            "mailticket_pipeline_seconds",
+            "Time from receipt to commit of a processed message",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
@@ -65,8 +72,9 @@ class Metrics:
 class HttpEndpoint:
     """A tiny HTTP server in a thread: `/healthz` (JSON, 200 or 503) and `/metrics`."""
 
-    def __init__(self, host: str, port: int, metrics: Metrics,
-                 health: Callable[[], tuple[bool, dict]]) -> None:
+    def __init__(
+        self, host: str, port: int, metrics: Metrics, health: Callable[[], tuple[bool, dict]]
+    ) -> None:
         metrics_ref, health_ref = metrics, health
 
         class Handler(BaseHTTPRequestHandler):

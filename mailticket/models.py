@@ -31,20 +31,19 @@ MAX_TICKET_SUBJECT = 255
 MAX_MESSAGE_SUBJECT = 998
 
 
-class _Clean:
+class _Clean(peewee.Field):
     """Strings are stored the same on every backend: without NUL (PostgreSQL refuses it in
     text, SQLite keeps it) and, in a CharField, cut to its length (PostgreSQL's varchar
     refuses a longer value, SQLite keeps it).  Hostile mail puts NUL in any header."""
-
-    max_length: int | None = None
 
     def db_value(self, value):
         if value.__class__ is not str:  # None, bytes, numbers: peewee's own conversion
             return super().db_value(value)
         if "\x00" in value:
             value = value.replace("\x00", "")
-        if self.max_length and len(value) > self.max_length:
-            value = value[: self.max_length]
+        max_length = getattr(self, "max_length", None)  # a CharField's; a TextField has none
+        if max_length and len(value) > max_length:
+            value = value[:max_length]
         return value
 
 
@@ -82,21 +81,26 @@ class UTCDateTimeField(peewee.DateTimeField):
 
 
 class BaseModel(peewee.Model):
+    # Each model names its `id = peewee.AutoField()`, the primary key peewee would add
+    # implicitly, so that type checkers know `Model.id`.
+
     class Meta:
         database = database_proxy
 
 
 class SchemaVersion(BaseModel):
+    id = peewee.AutoField()
     version = peewee.IntegerField()
     applied_at = peewee.DateTimeField(constraints=[peewee.SQL("DEFAULT CURRENT_TIMESTAMP")])
 
 
 class Inbox(BaseModel):
+    id = peewee.AutoField()
     received_at = UTCDateTimeField(index=True)
     source = CharField(max_length=16)  # smtp, lmtp, imap, ingest
     mailbox = CharField(null=True)  # the IMAP mailbox or SMTP recipient it came by
     queue = CharField(null=True)  # the source's default queue, handed to the rules
-    raw = peewee.BlobField()
+    raw = peewee.BlobField()  # type: ignore[assignment]  # the column shadows Model.raw(sql)
     state = CharField(max_length=16, default="pending", index=True)
     # Message-ID, or a hash of the bytes when there is none: what `dedupe` compares.
     dedupe_key = CharField(null=True, index=True)
@@ -134,9 +138,13 @@ class Ticket(BaseModel):
     due_first_response = UTCDateTimeField(null=True)
     due_next_update = UTCDateTimeField(null=True)
     due_resolution = UTCDateTimeField(null=True)
+    # Backrefs, set by Message.ticket and Event.ticket; declared for type checkers.
+    messages: peewee.ModelSelect[Message]
+    events: peewee.ModelSelect[Event]
 
 
 class Message(BaseModel):
+    id = peewee.AutoField()
     ticket = peewee.ForeignKeyField(Ticket, backref="messages", on_delete="CASCADE", index=True)
     inbox = peewee.ForeignKeyField(Inbox, null=True, backref="messages")
     direction = CharField(max_length=3)  # in | out
@@ -152,9 +160,11 @@ class Message(BaseModel):
     text = TextField(default="")  # new text: without quoted history and signature
     body = TextField(default="")  # the whole readable text
     created_at = UTCDateTimeField()
+    attachments: peewee.ModelSelect[Attachment]  # backref of Attachment.message
 
 
 class Attachment(BaseModel):
+    id = peewee.AutoField()
     message = peewee.ForeignKeyField(Message, backref="attachments", on_delete="CASCADE")
     filename = CharField()
     content_type = CharField()
@@ -165,6 +175,7 @@ class Attachment(BaseModel):
 
 
 class Event(BaseModel):
+    id = peewee.AutoField()
     ticket = peewee.ForeignKeyField(Ticket, backref="events", on_delete="CASCADE", index=True)
     at = UTCDateTimeField()
     actor = CharField()  # an address, "system", or "rule:NAME"
@@ -173,6 +184,7 @@ class Event(BaseModel):
 
 
 class Outbox(BaseModel):
+    id = peewee.AutoField()
     ticket = peewee.IntegerField(null=True, index=True)
     kind = CharField(max_length=16)  # ack, reply, update, escalation, ...
     automatic = peewee.BooleanField(default=True)  # counts towards the per-address limit
@@ -202,6 +214,7 @@ class Outbox(BaseModel):
 
 
 class Agent(BaseModel):
+    id = peewee.AutoField()
     email = CharField(unique=True)
     name = CharField(default="")
     tier = peewee.IntegerField(default=1)
@@ -209,6 +222,7 @@ class Agent(BaseModel):
 
 
 class ImapState(BaseModel):
+    id = peewee.AutoField()
     mailbox = CharField(unique=True)  # user@host/folder
     uidvalidity = peewee.BigIntegerField(null=True)
     last_uid = peewee.BigIntegerField(default=0)
@@ -218,6 +232,7 @@ class Bounced(BaseModel):
     """An address our mail to bounced permanently (a 5.x.x DSN): automatic mail to it
     stops until it writes to us again (schema v2)."""
 
+    id = peewee.AutoField()
     address = CharField(unique=True)  # lower-case
     status = CharField(max_length=16)  # the DSN's Status, e.g. 5.1.1
     ticket = peewee.IntegerField(null=True)  # where the bounce was recorded
@@ -255,6 +270,12 @@ def _q(name: str) -> str:
     return f'"{name}"'
 
 
+def _pk_column(meta: peewee.Metadata) -> str:
+    pk = meta.primary_key
+    assert pk is not False  # every model has a single-column primary key
+    return pk.column_name
+
+
 def _with_defaults(model: type[BaseModel], values: dict) -> dict:
     """`values` plus each unnamed field's Python-side default, as `Model.create` would."""
     out = dict(values)
@@ -273,8 +294,7 @@ def insert(model: type[BaseModel], values: dict) -> int:
     def build(param: str) -> str:
         cols = ", ".join(_q(f.column_name) for f in fields)
         marks = ", ".join([param] * len(fields))
-        return (f"INSERT INTO {_q(meta.table_name)} ({cols}) VALUES ({marks}) "
-                f"RETURNING {_q(meta.primary_key.column_name)}")
+        return f"INSERT INTO {_q(meta.table_name)} ({cols}) VALUES ({marks}) RETURNING {_q(_pk_column(meta))}"
 
     sql = _sql(("insert", model, tuple(values)), build)
     params = [f.db_value(v) for f, v in zip(fields, values.values())]
@@ -295,9 +315,10 @@ def insert_many(model: type[BaseModel], rows: list[dict], *, keys: bool = False)
     def build(param: str) -> str:
         cols = ", ".join(_q(f.column_name) for f in fields)
         one = "(" + ", ".join([param] * len(fields)) + ")"
-        returning = f" RETURNING {_q(meta.primary_key.column_name)}" if keys else ""
-        return (f"INSERT INTO {_q(meta.table_name)} ({cols}) VALUES "
-                + ", ".join([one] * len(rows)) + returning)
+        returning = f" RETURNING {_q(_pk_column(meta))}" if keys else ""
+        return (
+            f"INSERT INTO {_q(meta.table_name)} ({cols}) VALUES " + ", ".join([one] * len(rows)) + returning
+        )
 
     sql = _sql(("insert_many", model, names, len(rows), keys), build)
     params = [f.db_value(row[f.name]) for row in rows for f in fields]
@@ -314,7 +335,7 @@ def update(model: type[BaseModel], pk: int, values: dict) -> None:
 
     def build(param: str) -> str:
         sets = ", ".join(f"{_q(f.column_name)} = {param}" for f in fields)
-        return f"UPDATE {_q(meta.table_name)} SET {sets} WHERE {_q(meta.primary_key.column_name)} = {param}"
+        return f"UPDATE {_q(meta.table_name)} SET {sets} WHERE {_q(_pk_column(meta))} = {param}"
 
     sql = _sql(("update", model, tuple(values)), build)
     database_proxy.execute_sql(sql, [f.db_value(v) for f, v in zip(fields, values.values())] + [pk])
@@ -330,8 +351,12 @@ def still_pending(ids: list[int]) -> set[int]:
     """Which of these inbox rows are still pending."""
     if not ids:
         return set()
-    sql = _sql(("pending", len(ids)), lambda p: 'SELECT "id" FROM "inbox" WHERE "state" = '
-               f"{p} AND \"id\" IN (" + ", ".join([p] * len(ids)) + ")")
+    sql = _sql(
+        ("pending", len(ids)),
+        lambda p: (
+            f'SELECT "id" FROM "inbox" WHERE "state" = {p} AND "id" IN (' + ", ".join([p] * len(ids)) + ")"
+        ),
+    )
     return {r[0] for r in database_proxy.execute_sql(sql, ["pending", *ids]).fetchall()}
 
 
@@ -340,8 +365,13 @@ def tickets_of_message_ids(ids: list[str]) -> dict[str, int]:
     ids = ids[:50]
     if not ids:
         return {}
-    sql = _sql(("by_mid", len(ids)), lambda p: 'SELECT "message_id", "ticket_id" FROM "message" '
-               'WHERE "message_id" IN (' + ", ".join([p] * len(ids)) + ")")
+    sql = _sql(
+        ("by_mid", len(ids)),
+        lambda p: (
+            'SELECT "message_id", "ticket_id" FROM "message" '
+            'WHERE "message_id" IN (' + ", ".join([p] * len(ids)) + ")"
+        ),
+    )
     return dict(database_proxy.execute_sql(sql, ids).fetchall())
 
 
@@ -350,19 +380,25 @@ def is_active_agent(address: str) -> bool:
     return database_proxy.execute_sql(sql, [address, True]).fetchone() is not None
 
 
-def automatic_mail_state(address: str, domain: str, since, caps: tuple[int, int, int]
-                         ) -> tuple[bool, bool, bool, str | None]:
+def automatic_mail_state(
+    address: str, domain: str, since, caps: tuple[int, int, int]
+) -> tuple[bool, bool, bool, str | None]:
     """In one round trip: whether `address`, `domain` and everyone (each with its cap) had
     as many automatic mails since `since` as the cap allows, and the bounce status
     `address` is marked with, or None.  "The cap-th newest row exists" walks at most cap
     index entries and counts nothing: the check costs the same at 10 rows or 10^6."""
+
     def build(p: str) -> str:
         def full(where: str) -> str:
-            return (f'EXISTS (SELECT 1 FROM "outbox" WHERE {where}"automatic" = {p}'
-                    f' AND "created_at" >= {p} LIMIT 1 OFFSET {p})')
+            return (
+                f'EXISTS (SELECT 1 FROM "outbox" WHERE {where}"automatic" = {p}'
+                f' AND "created_at" >= {p} LIMIT 1 OFFSET {p})'
+            )
 
-        return (f'SELECT {full(f""""to_addr" = {p} AND """)}, {full(f""""to_domain" = {p} AND """)}, '
-                f'{full("")}, (SELECT "status" FROM "bounced" WHERE "address" = {p})')
+        return (
+            f'SELECT {full(f""""to_addr" = {p} AND """)}, {full(f""""to_domain" = {p} AND """)}, '
+            f'{full("")}, (SELECT "status" FROM "bounced" WHERE "address" = {p})'
+        )
 
     at = Outbox._meta.fields["created_at"].db_value(since)
     skip = [max(cap - 1, 0) for cap in caps]
@@ -396,17 +432,33 @@ def outgoing_message_ids(ids: list[str]) -> set[str]:
     ids = ids[:50]
     if not ids:
         return set()
-    sql = _sql(("out_mid", len(ids)), lambda p: 'SELECT "message_id" FROM "message" WHERE '
-               f'"direction" = {p} AND "message_id" IN (' + ", ".join([p] * len(ids)) + ")")
+    sql = _sql(
+        ("out_mid", len(ids)),
+        lambda p: (
+            'SELECT "message_id" FROM "message" WHERE '
+            f'"direction" = {p} AND "message_id" IN (' + ", ".join([p] * len(ids)) + ")"
+        ),
+    )
     return {r[0] for r in database_proxy.execute_sql(sql, ["out", *ids]).fetchall()}
 
 
 def inbox_listing(outcome: str | None = None, unmatched: bool = False, limit: int = 100) -> list[Inbox]:
     """Processed inbox rows, newest first: all, or those of one outcome (`bounce`, ...);
     with `unmatched`, only those that went to no ticket."""
-    query = (Inbox.select(Inbox.id, Inbox.received_at, Inbox.source, Inbox.message_id,
-                          Inbox.outcome, Inbox.ticket, Inbox.reason)
-             .where(Inbox.state == "done").order_by(Inbox.id.desc()).limit(limit))
+    query = (
+        Inbox.select(
+            Inbox.id,
+            Inbox.received_at,
+            Inbox.source,
+            Inbox.message_id,
+            Inbox.outcome,
+            Inbox.ticket,
+            Inbox.reason,
+        )
+        .where(Inbox.state == "done")
+        .order_by(Inbox.id.desc())
+        .limit(limit)
+    )
     if outcome:
         query = query.where(Inbox.outcome == outcome)
     if unmatched:
@@ -421,7 +473,7 @@ def get(model: type[BaseModel], pk: int):
 
     def build(param: str) -> str:
         cols = ", ".join(_q(f.column_name) for f in fields)
-        return f"SELECT {cols} FROM {_q(meta.table_name)} WHERE {_q(meta.primary_key.column_name)} = {param}"
+        return f"SELECT {cols} FROM {_q(meta.table_name)} WHERE {_q(_pk_column(meta))} = {param}"
 
     row = database_proxy.execute_sql(_sql(("get", model), build), [pk]).fetchone()
     if row is None:

@@ -134,8 +134,14 @@ def thread_index(parent: str | None, now: datetime) -> str:
     return base64.b64encode(head + uuid.uuid4().bytes).decode("ascii")
 
 
-def reply_headers(parent_id: str | None, parent_refs: list[str], parent_thread_index: str | None,
-                  topic: str, now: datetime, automatic: bool) -> dict[str, str]:
+def reply_headers(
+    parent_id: str | None,
+    parent_refs: list[str],
+    parent_thread_index: str | None,
+    topic: str,
+    now: datetime,
+    automatic: bool,
+) -> dict[str, str]:
     """In-Reply-To/References/Thread-* for a message that answers `parent_id`."""
     headers: dict[str, str] = {"Thread-Topic": topic, "Thread-Index": thread_index(parent_thread_index, now)}
     if parent_id:
@@ -151,19 +157,41 @@ def reply_headers(parent_id: str | None, parent_refs: list[str], parent_thread_i
     return headers
 
 
-def queue(*, kind: str, ticket: int | None, mail_from: str, to: str, rendered: Rendered,
-          headers: dict[str, str], message_id: str, now: datetime, automatic: bool) -> int:
+def queue(
+    *,
+    kind: str,
+    ticket: int | None,
+    mail_from: str,
+    to: str,
+    rendered: Rendered,
+    headers: dict[str, str],
+    message_id: str,
+    now: datetime,
+    automatic: bool,
+) -> int:
     """Write one outgoing message into the outbox (inside the caller's transaction); its id.
 
     Automatic mail must have passed `automatic_block` first.  Every message goes out
     from the helpdesk's address, which its X-Loop names (RFC 3834 section 3.1.8's
     advice: recognise our own mail when it comes back)."""
-    return models.insert(Outbox, dict(
-        ticket=ticket, kind=kind, automatic=automatic, mail_from=mail_from, to_addr=to,
-        to_domain=to.rpartition("@")[2].lower() or None, subject=rendered.subject,
-        body=rendered.body, headers={**headers, "X-Loop": mail_from}, message_id=message_id,
-        state="queued", next_attempt_at=now, created_at=now,
-    ))
+    return models.insert(
+        Outbox,
+        dict(
+            ticket=ticket,
+            kind=kind,
+            automatic=automatic,
+            mail_from=mail_from,
+            to_addr=to,
+            to_domain=to.rpartition("@")[2].lower() or None,
+            subject=rendered.subject,
+            body=rendered.body,
+            headers={**headers, "X-Loop": mail_from},
+            message_id=message_id,
+            state="queued",
+            next_attempt_at=now,
+            created_at=now,
+        ),
+    )
 
 
 def automatic_block(to: str, helpdesk, now: datetime) -> str:
@@ -174,8 +202,7 @@ def automatic_block(to: str, helpdesk, now: datetime) -> str:
     one domain) and one in all, per hour; and no automatic mail to an address whose mail
     bounced for good until it writes to us again (the pipeline clears the mark).
     """
-    caps = (helpdesk.auto_reply_limit, helpdesk.auto_reply_limit_domain,
-            helpdesk.auto_reply_limit_total)
+    caps = (helpdesk.auto_reply_limit, helpdesk.auto_reply_limit_domain, helpdesk.auto_reply_limit_total)
     domain = to.rpartition("@")[2].lower()
     *full, bounced = models.automatic_mail_state(to, domain, now - timedelta(hours=1), caps)
     if bounced:
@@ -186,44 +213,97 @@ def automatic_block(to: str, helpdesk, now: datetime) -> str:
     return ""
 
 
-def acknowledge(ticket, *, to: str, kind: str, token: str, parent, helpdesk, templates: Templates,
-                now: datetime) -> str:
+def acknowledge(
+    ticket, *, to: str, kind: str, token: str, parent, helpdesk, templates: Templates, now: datetime
+) -> str:
     """Queue the acknowledgement of `ticket` to `to`, answering `parent`; its Message-ID.
 
     `parent` is the customer's ParsedMessage; the acknowledgement is also recorded as a
     message of the ticket, so that a reply to it threads by its References.
     """
-    rendered = templates.render(kind, ticket.language, helpdesk.language, token=token,
-                                subject=ticket.subject, name=ticket.requester_name,
-                                helpdesk=helpdesk.name, ticket=ticket)
+    rendered = templates.render(
+        kind,
+        ticket.language,
+        helpdesk.language,
+        token=token,
+        subject=ticket.subject,
+        name=ticket.requester_name,
+        helpdesk=helpdesk.name,
+        ticket=ticket,
+    )
     msgid = make_msgid(helpdesk.domain)
-    headers = {"From": email.utils.formataddr((helpdesk.name, helpdesk.address)),
-               **reply_headers(parent.message_id, parent.references, parent.header("thread-index"),
-                               ticket.subject[:MAX_SUBJECT], now, automatic=True)}
-    queue(kind="ack", ticket=ticket.number, mail_from=helpdesk.address, to=to, rendered=rendered,
-          headers=headers, message_id=msgid, now=now, automatic=True)
-    models.insert(Message, dict(
-        ticket=ticket.number, direction="out", kind="system", message_id=msgid,
-        from_addr=helpdesk.address, to=[to], subject=rendered.subject, text=rendered.body,
-        body=rendered.body, created_at=now,
-    ))
+    headers = {
+        "From": email.utils.formataddr((helpdesk.name, helpdesk.address)),
+        **reply_headers(
+            parent.message_id,
+            parent.references,
+            parent.header("thread-index"),
+            ticket.subject[:MAX_SUBJECT],
+            now,
+            automatic=True,
+        ),
+    }
+    queue(
+        kind="ack",
+        ticket=ticket.number,
+        mail_from=helpdesk.address,
+        to=to,
+        rendered=rendered,
+        headers=headers,
+        message_id=msgid,
+        now=now,
+        automatic=True,
+    )
+    models.insert(
+        Message,
+        dict(
+            ticket=ticket.number,
+            direction="out",
+            kind="system",
+            message_id=msgid,
+            from_addr=helpdesk.address,
+            to=[to],
+            subject=rendered.subject,
+            text=rendered.body,
+            body=rendered.body,
+            created_at=now,
+        ),
+    )
     return msgid
 
 
-def notify_targets(ticket, targets, *, token: str, text: str, rules: list[str], helpdesk,
-                   templates: Templates, now: datetime) -> list[tuple[str, str, dict]]:
+def notify_targets(
+    ticket, targets, *, token: str, text: str, rules: list[str], helpdesk, templates: Templates, now: datetime
+) -> list[tuple[str, str, dict]]:
     """Queue the notifications a rule asked for; the ticket events that say so."""
     rendered = templates.render(
-        "notify", "en", "en", token=token, subject=ticket.subject, requester=ticket.requester,
-        queue=ticket.queue, priority=ticket.priority, text=text[:4000], rules=", ".join(rules))
+        "notify",
+        "en",
+        "en",
+        token=token,
+        subject=ticket.subject,
+        requester=ticket.requester,
+        queue=ticket.queue,
+        priority=ticket.priority,
+        text=text[:4000],
+        rules=", ".join(rules),
+    )
     events = []
     for to in targets:
         if "@" not in to:
             # Groups are not resolved to addresses yet: say so on the ticket, send nothing.
             events.append(("system", "notify-skipped", {"to": to, "why": "unknown group"}))
             continue
-        queue(kind="notify", ticket=ticket.number, mail_from=helpdesk.address, to=to,
-              rendered=rendered, headers={"Auto-Submitted": "auto-generated"},
-              message_id=make_msgid(helpdesk.domain), now=now, automatic=False)
+        queue(
+            kind="notify",
+            ticket=ticket.number,
+            mail_from=helpdesk.address,
+            to=to,
+            rendered=rendered,
+            headers={"Auto-Submitted": "auto-generated"},
+            message_id=make_msgid(helpdesk.domain),
+            now=now,
+            automatic=False,
+        )
         events.append(("system", "notified", {"to": to}))
     return events

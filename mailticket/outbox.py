@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import charset as _charset
@@ -29,8 +30,10 @@ from email.mime.text import MIMEText
 from email.policy import compat32
 from email.utils import format_datetime, formataddr, getaddresses
 from pathlib import Path
+from typing import cast
 
 from . import models
+from .clock import Clock
 from .config import Config, Outgoing
 from .db import is_sqlite, writing
 from .models import Outbox, fn
@@ -58,7 +61,8 @@ def build(row: Outbox, now: datetime) -> bytes:
     body = row.body
     # 7bit when it can be (as most mail clients send it), else quoted-printable UTF-8.
     plain = body.isascii() and all(len(line) <= LINE_MAX for line in body.split("\n"))
-    msg = MIMEText(body, "plain", "us-ascii" if plain else _UTF8)
+    # typeshed takes only a charset name; email.mime.text also takes a Charset instance.
+    msg = MIMEText(body, "plain", "us-ascii" if plain else _UTF8)  # type: ignore[arg-type]
     headers = dict(row.headers or {})
     _header(msg, "From", headers.pop("From", None) or row.mail_from)  # with the helpdesk's name
     _header(msg, "To", row.to_addr)
@@ -68,7 +72,7 @@ def build(row: Outbox, now: datetime) -> bytes:
     for name, value in headers.items():
         _header(msg, name, value)
     data = msg.as_bytes(policy=_WIRE)
-    head = data[:data.find(b"\r\n\r\n")]
+    head = data[: data.find(b"\r\n\r\n")]
     if any(len(line) > LINE_MAX for line in head.split(b"\r\n")):  # the last line of defence
         raise PermanentFailure(f"a header line is over {LINE_MAX} characters (RFC 5322 2.1.1)")
     return data
@@ -92,7 +96,8 @@ def _header(msg: MIMEText, name: str, value: str) -> None:
         else:  # a UTF-8 address (RFC 6531/6532): raw UTF-8, sent only under SMTPUTF8
             msg[name] = value.encode("utf-8").decode("ascii", "surrogateescape")
     else:
-        msg[name] = Header(value, _UTF8, header_name=name)
+        # typeshed types header values as str; compat32 takes a Header and folds it as is.
+        msg[name] = Header(value, _UTF8, header_name=name)  # type: ignore[assignment]
 
 
 class FolderTransport:
@@ -145,7 +150,9 @@ def backoff(attempts: int, base: int, cap: timedelta = timedelta(hours=6)) -> ti
     return min(timedelta(seconds=base * 2 ** min(max(attempts - 1, 0), 30)), cap)
 
 
-def deliver_due(config: Config, clock, transport=None, limit: int = 500) -> Delivery:
+def deliver_due(
+    config: Config, clock: Clock, transport: SmtpTransport | None = None, limit: int = 500
+) -> Delivery:
     """Send every row that is due now; return what happened.
 
     Every claimed row ends the pass sent, retrying, dead, or (when the smarthost itself
@@ -166,7 +173,9 @@ def deliver_due(config: Config, clock, transport=None, limit: int = 500) -> Deli
     return done
 
 
-def _deliver(rows: list[Outbox], cfg: Outgoing, transport, clock, done: Delivery) -> None:
+def _deliver(
+    rows: list[Outbox], cfg: Outgoing, transport: SmtpTransport, clock: Clock, done: Delivery
+) -> None:
     marks: list[tuple[int, dict]] = []
     leased = clock.now()
     try:
@@ -180,10 +189,15 @@ def _deliver(rows: list[Outbox], cfg: Outgoing, transport, clock, done: Delivery
                 outage = transport.outage
                 outage.failures += 1
                 outage.retry_at = clock.now() + backoff(
-                    outage.failures, cfg.retry_base_seconds, TRANSPORT_BACKOFF_MAX)
+                    outage.failures, cfg.retry_base_seconds, TRANSPORT_BACKOFF_MAX
+                )
                 outage.error = done.transport_error = str(exc)
-                log.warning("outbox: smarthost unusable: %s; %d message(s) wait until %s",
-                            exc, len(rows) - i, outage.retry_at.isoformat())
+                log.warning(
+                    "outbox: smarthost unusable: %s; %d message(s) wait until %s",
+                    exc,
+                    len(rows) - i,
+                    outage.retry_at.isoformat(),
+                )
                 _put_back([r.id for r in rows[i:]], outage.retry_at)
                 return
             transport.outage = Outage()  # the smarthost answered
@@ -208,12 +222,12 @@ def claim(now: datetime, limit: int) -> list[Outbox]:
     dies while sending leaves them to be taken again once the lease is over (or at
     once by `release_claims` when the next one starts).
     """
-    due = ((Outbox.state.in_(("queued", "retry", "sending"))) & (Outbox.next_attempt_at <= now))
+    due = (Outbox.state.in_(("queued", "retry", "sending"))) & (Outbox.next_attempt_at <= now)
     query = Outbox.select(Outbox.id).where(due).order_by(Outbox.id).limit(limit)
     db = models.database_proxy
     with writing(), db.atomic():
         if not is_sqlite():
-            query = query.for_update("FOR UPDATE SKIP LOCKED")
+            query = query.for_update(skip_locked=True)  # FOR UPDATE SKIP LOCKED
         ids = [row.id for row in query]
         if not ids:
             return []
@@ -224,8 +238,7 @@ def claim(now: datetime, limit: int) -> list[Outbox]:
 def _renew(ids: list[int], until: datetime) -> None:
     """Extend the lease of the claims this pass still holds (the rows not yet marked)."""
     with writing():
-        Outbox.update(next_attempt_at=until).where(
-            Outbox.id.in_(ids) & (Outbox.state == "sending")).execute()
+        Outbox.update(next_attempt_at=until).where(Outbox.id.in_(ids) & (Outbox.state == "sending")).execute()
 
 
 def _put_back(ids: list[int] | None, when: datetime) -> int:
@@ -234,9 +247,10 @@ def _put_back(ids: list[int] | None, when: datetime) -> int:
     if ids is not None:
         claimed &= Outbox.id.in_(ids)
     with writing(), models.database_proxy.atomic():
-        return sum(Outbox.update(state=state, next_attempt_at=when)
-                   .where(claimed & tried).execute()
-                   for state, tried in (("queued", Outbox.attempts == 0), ("retry", Outbox.attempts > 0)))
+        return sum(
+            Outbox.update(state=state, next_attempt_at=when).where(claimed & tried).execute()
+            for state, tried in (("queued", Outbox.attempts == 0), ("retry", Outbox.attempts > 0))
+        )
 
 
 def release_claims(now: datetime) -> int:
@@ -248,7 +262,7 @@ def release_claims(now: datetime) -> int:
     return _put_back(None, now)
 
 
-def _attempt(row: Outbox, cfg: Outgoing, transport, clock, done: Delivery) -> dict:
+def _attempt(row: Outbox, cfg: Outgoing, transport: SmtpTransport, clock: Clock, done: Delivery) -> dict:
     """Hand one row to the transport; the columns that record the attempt.
 
     Any exception but the transport's own is this row's attempt, recorded: a folder
@@ -277,8 +291,13 @@ def _attempt(row: Outbox, cfg: Outgoing, transport, clock, done: Delivery) -> di
             row.state, done.retry = "retry", done.retry + 1
             row.next_attempt_at = now + backoff(row.attempts, cfg.retry_base_seconds)
     log.info("outbox %s to %s: %s (attempt %d)", row.id, row.to_addr, row.state, row.attempts)
-    return {"state": row.state, "attempts": row.attempts, "sent_at": row.sent_at,
-            "last_error": row.last_error, "next_attempt_at": row.next_attempt_at}
+    return {
+        "state": row.state,
+        "attempts": row.attempts,
+        "sent_at": row.sent_at,
+        "last_error": row.last_error,
+        "next_attempt_at": row.next_attempt_at,
+    }
 
 
 DEPTH_STATES = ("queued", "sending", "retry", "dead")
@@ -286,9 +305,13 @@ DEPTH_STATES = ("queued", "sending", "retry", "dead")
 
 def depth() -> dict[str, int]:
     """Rows waiting or given up on, by state (for the outbox depth metric)."""
-    return dict(Outbox.select(Outbox.state, fn.COUNT(Outbox.id))
-                .where(Outbox.state.in_(DEPTH_STATES))
-                .group_by(Outbox.state).tuples())
+    rows = (
+        Outbox.select(Outbox.state, fn.COUNT(Outbox.id))
+        .where(Outbox.state.in_(DEPTH_STATES))
+        .group_by(Outbox.state)
+        .tuples()
+    )
+    return dict(cast("Iterable[tuple[str, int]]", rows))  # .tuples(): peewee's stubs keep the model type
 
 
 def listing(state: str | None = None, limit: int = 100) -> list[Outbox]:
@@ -310,9 +333,15 @@ def requeue(ids: list[int] | None, now: datetime) -> int:
 
 def as_dict(row: Outbox) -> dict:
     return {
-        "id": row.id, "ticket": row.ticket, "kind": row.kind, "to": row.to_addr,
-        "subject": row.subject, "state": row.state, "attempts": row.attempts,
+        "id": row.id,
+        "ticket": row.ticket,
+        "kind": row.kind,
+        "to": row.to_addr,
+        "subject": row.subject,
+        "state": row.state,
+        "attempts": row.attempts,
         "next_attempt_at": row.next_attempt_at.isoformat() if row.next_attempt_at else None,
-        "last_error": row.last_error, "message_id": row.message_id,
+        "last_error": row.last_error,
+        "message_id": row.message_id,
         "created_at": row.created_at.isoformat() if row.created_at else None,
     }

@@ -23,20 +23,19 @@ collect in `Run.events` and are written in one INSERT when the message is done.
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from . import dedupe, models, notify, tickets
 from .attachments import AttachmentStore
-from .clock import SystemClock
+from .clock import Clock, SystemClock
 from .config import Config
 from .models import Inbox, Ticket
 from .parsers import MailClass, ParsedMessage
 from .parsers.message import parse as parse_bytes
-from .rules import RuleContext, RuleSet
+from .rules import Evaluation, RuleContext, RuleSet
 from .tokens import clean_subject, token_format
-
-log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE = "general"  # where a ticket goes when neither its mailbox nor a rule says
 
@@ -68,8 +67,12 @@ class Result:
     priority: str | None = None
 
     def as_dict(self) -> dict:
-        return {"message_id": self.message_id, "outcome": self.outcome, "ticket": self.ticket,
-                "reason": self.reason or None}
+        return {
+            "message_id": self.message_id,
+            "outcome": self.outcome,
+            "ticket": self.ticket,
+            "reason": self.reason or None,
+        }
 
 
 @dataclass
@@ -85,12 +88,24 @@ class Run:
     ticket: Ticket | None = None
     is_new: bool = False
     linked_to: int | None = None
-    evaluation: object = None
+    evaluation: Evaluation | None = None
     extra_tickets: list[Ticket] = field(default_factory=list)
     outcome: str = ""
     reason: str = ""
     events: list[dict] = field(default_factory=list)
     reused_from: int | None = None  # the inbox row whose Message-ID this other message reuses
+
+    @property
+    def pm(self) -> ParsedMessage:
+        """`parsed`, for the steps after `parse` (which always sets it)."""
+        assert self.parsed is not None, "the parse step runs first"
+        return self.parsed
+
+    @property
+    def evaluated(self) -> Evaluation:
+        """`evaluation`, for the steps after `route` (which always sets it)."""
+        assert self.evaluation is not None, "the route step runs first"
+        return self.evaluation
 
     def note(self, text: str) -> None:
         """Add to the result's reason (several steps may have something to say)."""
@@ -104,7 +119,13 @@ class Run:
 class Env:
     """What the steps need from outside: configuration, rules, templates, files, clock."""
 
-    def __init__(self, config: Config, rules: RuleSet, clock=None, templates=None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        rules: RuleSet,
+        clock: Clock | None = None,
+        templates: notify.Templates | None = None,
+    ) -> None:
         self.config = config
         self.rules = rules
         self.clock = clock or SystemClock()
@@ -124,14 +145,14 @@ class Env:
 def parse(run: Run, env: Env) -> None:
     if run.parsed is None:  # not parsed ahead by the worker
         run.parsed = parse_bytes(bytes(run.row.raw))
-    pm = run.parsed
+    pm = run.pm
     run.sender = pm.from_.email if pm.from_ else ""
 
 
 def dedupe_step(run: Run, env: Env) -> None:
     """The same Message-ID with the same content (trace headers aside) is a `duplicate`;
     a Message-ID reused for other content makes a message of its own (dedupe.py)."""
-    pm = run.parsed
+    pm = run.pm
     run.row.message_id = pm.message_id
     run.row.dedupe_key, earlier, run.reused_from = dedupe.check(run.row, pm.message_id)
     if earlier:
@@ -139,13 +160,15 @@ def dedupe_step(run: Run, env: Env) -> None:
         run.ticket = tickets.by_number(ticket) if ticket else None
         raise Stop("duplicate", f"same message as inbox #{inbox_id}")
     if run.reused_from:
-        run.note(f"Message-ID {pm.message_id[:200]} reused: other content than inbox "
-                 f"#{run.reused_from}, so a message of its own")
+        run.note(
+            f"Message-ID {(pm.message_id or '')[:200]} reused: other content than inbox "
+            f"#{run.reused_from}, so a message of its own"
+        )
 
 
 def guard(run: Run, env: Env) -> None:
     """Loop protection: never answer auto-replies, bounces, bulk mail or ourselves."""
-    pm = run.parsed
+    pm = run.pm
     loop = next((v for v in pm.headers.get("x-loop", ()) if env.config.is_ours(v.strip(" <>"))), None)
     if run.sender and env.config.is_ours(run.sender):
         run.suppressed = f"mail from our own address {run.sender}"
@@ -167,13 +190,14 @@ def guard(run: Run, env: Env) -> None:
 
 
 def thread(run: Run, env: Env) -> None:
-    pm = run.parsed
+    pm = run.pm
     ids = pm.thread_ids
     if run.kind == "bounce":
         run.ticket, by_token = tickets.of_bounce(pm, env.tokens)
         if run.ticket is None:
-            raise Stop("bounce", "no ticket matches the bounced message "
-                                 "(`mailticket inbox list --outcome bounce`)")
+            raise Stop(
+                "bounce", "no ticket matches the bounced message (`mailticket inbox list --outcome bounce`)"
+            )
         if by_token:
             run.note(f"bounce matched by the token of the returned subject, #{run.ticket.number}")
         return
@@ -210,8 +234,9 @@ def thread(run: Run, env: Env) -> None:
         run.is_new = True
 
 
-def rule_context(env: Env, ticket: Ticket | None, *, source: str, mailbox: str | None,
-                 queue: str | None) -> RuleContext:
+def rule_context(
+    env: Env, ticket: Ticket | None, *, source: str, mailbox: str | None, queue: str | None
+) -> RuleContext:
     """What the rules may know beyond the message: the ticket it replies to, where it came from."""
     return RuleContext(
         now=env.clock.now(),
@@ -228,18 +253,19 @@ def rule_context(env: Env, ticket: Ticket | None, *, source: str, mailbox: str |
 
 def route(run: Run, env: Env) -> None:
     row = run.row
-    context = rule_context(env, None if run.is_new else run.ticket, source=row.source,
-                           mailbox=row.mailbox, queue=row.queue)
-    run.evaluation = env.rules.evaluate(run.parsed, context)
-    if run.evaluation.decision.spam:
-        names = ", ".join(h.rule for h in run.evaluation.hits)
+    context = rule_context(
+        env, None if run.is_new else run.ticket, source=row.source, mailbox=row.mailbox, queue=row.queue
+    )
+    run.evaluation = evaluation = env.rules.evaluate(run.pm, context)
+    if evaluation.decision.spam:
+        names = ", ".join(h.rule for h in evaluation.hits)
         raise Quarantine(f"spam (rule {names})")
 
 
 def record(run: Run, env: Env) -> None:
     """The ticket, the message, the events, through tickets.py's functions."""
-    pm, now = run.parsed, env.clock.now()
-    decision = run.evaluation.decision
+    pm, now = run.pm, env.clock.now()
+    decision = run.evaluated.decision
     parts = list(decision.split_parts) if run.is_new and len(decision.split_parts) > 1 else []
     if run.is_new:
         run.ticket = _new_ticket(run, env, part=parts[0] if parts else None)
@@ -250,23 +276,28 @@ def record(run: Run, env: Env) -> None:
             run.note(f"split into {numbers}")
         run.outcome = "created"
         if run.reused_from:
-            run.event(run.ticket, "system", "message-id-reused",
-                      {"message_id": pm.message_id, "inbox": run.reused_from})
+            run.event(
+                run.ticket,
+                "system",
+                "message-id-reused",
+                {"message_id": pm.message_id, "inbox": run.reused_from},
+            )
         return
     t = run.ticket
+    assert t is not None  # not new: `thread` found it
     # The changes before the message: its move of `updated_at` then has nothing left to
     # write (one UPDATE of the ticket for a reply).
     reopen = tickets.REOPEN_ON_CUSTOMER_REPLY.get(t.status) if run.kind == "customer" else None
     changed = tickets.change(t, {"status": reopen} if reopen else {}, actor=run.sender, now=now)
     changed += _apply(run, t, now)
-    run.events += tickets.add_message(t, *_message(run, env, pm.new_text),
-                                      actor=run.sender or "unknown", now=now)
+    run.events += tickets.add_message(
+        t, *_message(run, env, pm.new_text), actor=run.sender or "unknown", now=now
+    )
     if run.reused_from:
         run.event(t, "system", "message-id-reused", {"message_id": pm.message_id, "inbox": run.reused_from})
     if run.kind == "bounce":
         _mark_bounced(run, env, t)
-    elif (run.kind == "customer" and run.sender and env.bounce_marks
-          and models.clear_bounced(run.sender)):
+    elif run.kind == "customer" and run.sender and env.bounce_marks and models.clear_bounced(run.sender):
         # A reply from an address whose mail bounced: it works again.
         run.event(t, "system", "bounce-cleared", {"address": run.sender})
     run.events += changed
@@ -274,17 +305,17 @@ def record(run: Run, env: Env) -> None:
     run.reason = run.reason or run.suppressed or ""
 
 
-def _apply(run: Run, t: Ticket, now) -> list[dict]:
+def _apply(run: Run, t: Ticket, now: datetime) -> list[dict]:
     """The rules' decision on an existing ticket: each column it changes is an event by
     `rules`, beside an event for each rule that hit (`_hits`: why)."""
-    names = ", ".join(f"rule {h.rule}" for h in run.evaluation.hits if h.changed) or None
-    changes = run.evaluation.decision.ticket_changes(t)
+    names = ", ".join(f"rule {h.rule}" for h in run.evaluated.hits if h.changed) or None
+    changes = run.evaluated.decision.ticket_changes(t)
     return _hits(run, t) + tickets.change(t, changes, actor="rules", now=now, why=names)
 
 
 def _hits(run: Run, t: Ticket) -> list[dict]:
     """An event for each rule that hit and changed something (else it is not history)."""
-    hits = run.evaluation.hits
+    hits = run.evaluated.hits
     return [tickets.event(t, f"rule:{h.rule}", "rule", h.as_event()) for h in hits if h.changed]
 
 
@@ -293,7 +324,7 @@ def _mark_bounced(run: Run, env: Env, t: Ticket) -> None:
     `automatic_block`).  Only the ticket's own people: a bounce, or a forged one, must not
     silence an address that has nothing to do with the ticket."""
     people = {t.requester, *(t.cc or [])}
-    for address, status in run.parsed.bounce_failed:
+    for address, status in run.pm.bounce_failed:
         if address in people:
             env.bounce_marks = True
             models.mark_bounced(address, status, t.number, env.clock.now())
@@ -301,44 +332,65 @@ def _mark_bounced(run: Run, env: Env, t: Ticket) -> None:
 
 
 def _new_ticket(run: Run, env: Env, part: str | None, split_from: Ticket | None = None) -> Ticket:
-    pm, now, cfg = run.parsed, env.clock.now(), env.config
-    subject = env.tokens.strip(pm.subject)[:models.MAX_TICKET_SUBJECT] or "(no subject)"
+    pm, now, cfg = run.pm, env.clock.now(), env.config
+    subject = env.tokens.strip(pm.subject)[: models.MAX_TICKET_SUBJECT] or "(no subject)"
     if part is not None:
         first = clean_subject(part.strip().splitlines()[0] if part.strip() else "")[:80]
-        subject = f"{subject[:models.MAX_TICKET_SUBJECT - 82]}: {first}" if first else subject
+        subject = f"{subject[: models.MAX_TICKET_SUBJECT - 82]}: {first}" if first else subject
     language = pm.language if pm.language in cfg.helpdesk.languages else cfg.helpdesk.language
     ours = cfg.is_ours
     cc = sorted({a.email for a in [*pm.to, *pm.cc] if a.email and not ours(a.email)} - {run.sender})
-    values = dict(
-        subject=subject, requester=run.sender or "unknown",
-        requester_name=pm.from_.name if pm.from_ else "", cc=cc, language=language,
-        queue=run.row.queue or DEFAULT_QUEUE, tags=[], fields={},
+    values: dict[str, object] = dict(
+        subject=subject,
+        requester=run.sender or "unknown",
+        requester_name=pm.from_.name if pm.from_ else "",
+        cc=cc,
+        language=language,
+        queue=run.row.queue or DEFAULT_QUEUE,
+        tags=[],
+        fields={},
         linked_to=split_from.number if split_from else run.linked_to,
     )
     # The rules' decision goes into the one INSERT; the rules that hit say why.
-    values.update(run.evaluation.decision.ticket_changes(Ticket(**values)))
+    values.update(run.evaluated.decision.ticket_changes(Ticket(**values)))
     t, events = tickets.create(
-        values, *_message(run, env, part if part is not None else pm.new_text),
-        actor=run.sender or "unknown", now=now,
+        values,
+        *_message(run, env, part if part is not None else pm.new_text),
+        actor=run.sender or "unknown",
+        now=now,
         detail={"source": run.row.source, "inbox": run.row.id},
-        why="split" if split_from else run.reason)
+        why="split" if split_from else run.reason,
+    )
     run.events += events + _hits(run, t)
     return t
 
 
 def _message(run: Run, env: Env, text: str) -> tuple[dict, list[dict]]:
     """The incoming message's columns and its attachments' (files saved), for tickets.py."""
-    pm = run.parsed
+    pm = run.pm
     message = dict(
-        inbox=run.row.id, direction="in", kind=run.kind,
-        message_id=pm.message_id or run.row.dedupe_key, from_addr=run.sender,
-        from_name=pm.from_.name if pm.from_ else "", to=[a.email for a in pm.to],
-        cc=[a.email for a in pm.cc], subject=pm.subject[:models.MAX_MESSAGE_SUBJECT], date=pm.date,
-        text=text, body=pm.text,
+        inbox=run.row.id,
+        direction="in",
+        kind=run.kind,
+        message_id=pm.message_id or run.row.dedupe_key,
+        from_addr=run.sender,
+        from_name=pm.from_.name if pm.from_ else "",
+        to=[a.email for a in pm.to],
+        cc=[a.email for a in pm.cc],
+        subject=pm.subject[: models.MAX_MESSAGE_SUBJECT],
+        date=pm.date,
+        text=text,
+        body=pm.text,
     )
     attachments = [
-        {"filename": a.filename, "content_type": a.content_type, "size": len(a.payload),
-         "sha256": env.attachments.save(a.payload), "inline": a.inline, "content_id": a.content_id}
+        {
+            "filename": a.filename,
+            "content_type": a.content_type,
+            "size": len(a.payload),
+            "sha256": env.attachments.save(a.payload),
+            "inline": a.inline,
+            "content_id": a.content_id,
+        }
         for a in pm.attachments
     ]
     return message, attachments
@@ -348,14 +400,21 @@ def notify_step(run: Run, env: Env) -> None:
     """Queue the acknowledgement of a new ticket, and the notifications rules asked for."""
     if not run.is_new:
         return
-    decision, pm, cfg, now = run.evaluation.decision, run.parsed, env.config, env.clock.now()
+    decision, pm, cfg, now = run.evaluated.decision, run.pm, env.config, env.clock.now()
+    assert run.ticket is not None  # `record` created it
     for t in [run.ticket, *run.extra_tickets]:
         token = env.tokens.format(t.number)
         if decision.notify:
             events = notify.notify_targets(
-                t, decision.notify, token=token, text=pm.new_text,
-                rules=[h.rule for h in run.evaluation.hits], helpdesk=cfg.helpdesk,
-                templates=env.templates, now=now)
+                t,
+                decision.notify,
+                token=token,
+                text=pm.new_text,
+                rules=[h.rule for h in run.evaluated.hits],
+                helpdesk=cfg.helpdesk,
+                templates=env.templates,
+                now=now,
+            )
             for actor, kind, detail in events:
                 run.event(t, actor, kind, detail)
         if run.no_ack and not run.row.silent:
@@ -374,12 +433,21 @@ def notify_step(run: Run, env: Env) -> None:
                 run.note(f"acknowledgement withheld: {blocked}")
             continue
         msgid = notify.acknowledge(
-            t, to=run.sender, kind=decision.template or "ack", token=token, parent=pm,
-            helpdesk=cfg.helpdesk, templates=env.templates, now=now)
+            t,
+            to=run.sender,
+            kind=decision.template or "ack",
+            token=token,
+            parent=pm,
+            helpdesk=cfg.helpdesk,
+            templates=env.templates,
+            now=now,
+        )
         run.event(t, "system", "ack-queued", {"message_id": msgid})
 
 
-STEPS = (
+Step = Callable[[Run, Env], None]
+
+STEPS: tuple[tuple[str, Step], ...] = (
     ("parse", parse),
     ("dedupe", dedupe_step),
     ("guard", guard),
@@ -400,7 +468,7 @@ class StepFailed(Exception):
 
 
 class Pipeline:
-    def __init__(self, env: Env, steps=STEPS) -> None:
+    def __init__(self, env: Env, steps: Sequence[tuple[str, Step]] = STEPS) -> None:
         self.env = env
         self.steps = steps
 
@@ -415,8 +483,9 @@ class Pipeline:
                 pass
         return out
 
-    def run(self, row: Inbox, parsed: ParsedMessage | None = None,
-            events: list[dict] | None = None) -> Result:
+    def run(
+        self, row: Inbox, parsed: ParsedMessage | None = None, events: list[dict] | None = None
+    ) -> Result:
         """Run every step on `row` (the caller holds the transaction).
 
         Returns the result for Stop and for a finished run; raises `Quarantine` or
@@ -437,9 +506,14 @@ class Pipeline:
             raise StepFailed(step, exc) from exc
         now = self.env.clock.now()
         done = dict(
-            state="done", outcome=run.outcome, reason=run.reason or None, step=None,
-            ticket=run.ticket.number if run.ticket is not None else None, processed_at=now,
-            dedupe_key=row.dedupe_key, message_id=row.message_id,
+            state="done",
+            outcome=run.outcome,
+            reason=run.reason or None,
+            step=None,
+            ticket=run.ticket.number if run.ticket is not None else None,
+            processed_at=now,
+            dedupe_key=row.dedupe_key,
+            message_id=row.message_id,
         )
         try:  # the writes the steps left: inside the caller's guard like any step
             if events is None:
@@ -452,8 +526,14 @@ class Pipeline:
         for name, value in done.items():
             setattr(row, name, value)
         t = run.ticket
-        return Result(row.id, run.parsed.message_id if run.parsed else None, run.outcome,
-                      row.ticket, run.reason, source=row.source,
-                      latency=(row.processed_at - row.received_at).total_seconds(),
-                      queue=t.queue if t is not None else None,
-                      priority=t.priority if t is not None else None)
+        return Result(
+            row.id,
+            run.parsed.message_id if run.parsed else None,
+            run.outcome,
+            row.ticket,
+            run.reason,
+            source=row.source,
+            latency=(row.processed_at - row.received_at).total_seconds(),
+            queue=t.queue if t is not None else None,
+            priority=t.priority if t is not None else None,
+        )

@@ -52,16 +52,21 @@ class BusinessHours:
         object.__setattr__(self, "_holidays", days_off)
 
     @classmethod
-    def parse(cls, days: str = "mon-fri", hours: str = "08:00-18:00", timezone: str = "UTC",
-              country: str | None = None, subdivision: str | None = None) -> BusinessHours:
+    def parse(
+        cls,
+        days: str = "mon-fri",
+        hours: str = "08:00-18:00",
+        timezone: str = "UTC",
+        country: str | None = None,
+        subdivision: str | None = None,
+    ) -> BusinessHours:
         """From config text: days "mon-fri" or "mon,tue,sat" or "mon-fri,sun"; hours "08:00-18:00"."""
         m = re.fullmatch(r"\s*(\d{1,2}):(\d\d)\s*-\s*(\d{1,2}):(\d\d)\s*", hours)
         if not m:
             raise ValueError(f"business hours: hours must look like 08:00-18:00, not {hours!r}")
         h1, m1, h2, m2 = map(int, m.groups())
         try:
-            start, end = time(h1, m1), time(23, 59, 59, 999999) if (h2, m2) == (24, 0) \
-                else time(h2, m2)
+            start, end = time(h1, m1), time(23, 59, 59, 999999) if (h2, m2) == (24, 0) else time(h2, m2)
         except ValueError:
             raise ValueError(f"business hours: no such time in {hours!r}") from None
         return cls(_parse_days(days), start, end, timezone, country, subdivision)

@@ -143,6 +143,7 @@ class SmtpTransport:
         try:
             context = tls_context(cfg) if cfg.starttls or cfg.implicit_tls else None
             # smtplib closes its socket itself when the connect, handshake or greeting fails.
+            conn: smtplib.SMTP
             if cfg.implicit_tls:  # port 465 (RFC 8314)
                 conn = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=TIMEOUT, context=context)
             else:
@@ -159,8 +160,7 @@ class SmtpTransport:
         except Exception as exc:  # STARTTLS refused or unverified, 535, a password smtplib cannot send
             conn.close()  # every failure path closes the socket
             raise TransportFailure(describe(exc)) from exc
-        log.info("smarthost %s:%d connected%s", cfg.host, cfg.port,
-                 " (TLS)" if context else "")
+        log.info("smarthost %s:%d connected%s", cfg.host, cfg.port, " (TLS)" if context else "")
         self.conn = conn
         return conn
 
@@ -190,8 +190,8 @@ def _options(conn: smtplib.SMTP, row) -> list[str]:
         return []
     if not conn.has_extn("smtputf8"):
         raise PermanentFailure(
-            f"{row.to_addr}: the address is not ASCII and the smarthost does not offer "
-            "SMTPUTF8 (RFC 6531)")
+            f"{row.to_addr}: the address is not ASCII and the smarthost does not offer SMTPUTF8 (RFC 6531)"
+        )
     return ["SMTPUTF8"]  # smtplib then sends the addresses raw, in UTF-8
 
 

@@ -33,12 +33,13 @@ import threading
 import weakref
 from collections.abc import Callable
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, AnyStr, cast
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from . import inbox, smtp_limits
+from .clock import Clock
 from .config import Config, host_port
 from .errors import ConfigError, StorageError
 from .models import database_proxy
@@ -76,30 +77,39 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # a quoted local part may hold a bare
 class Handler:
     """aiosmtpd finds the `handle_*` hooks by name (STYLE.md 7)."""
 
-    def __init__(self, config: Config, clock: Any, writer: Writer,
-                 on_stored: Callable[[int], None] | None, hostname: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        writer: Writer,
+        on_stored: Callable[[int], None] | None,
+        hostname: str,
+    ) -> None:
         self.config, self.clock, self.writer = config, clock, writer
         self.on_stored, self.hostname, self.lmtp = on_stored, hostname, config.smtp.lmtp
         self.closing = False
         self.busy = 0  # DATA commands whose reply is not written yet
         self.idle = asyncio.Event()
 
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
         if self.closing:  # RFC 5321 3.8: 421 when the service is shutting down
             return ERR_421
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return OK_MAIL_250
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: Guard, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
         # Only our own addresses and domains: anything else would make us an open relay.
         if not self.config.accepts(address):
             server.refused_rcpts += 1
             if server.refused_rcpts > MAX_REFUSED_RCPTS:
-                log.warning("closed a session from %s after %d refused recipients", _ip(session),
-                            MAX_REFUSED_RCPTS)
+                log.warning(
+                    "closed a session from %s after %d refused recipients", _ip(session), MAX_REFUSED_RCPTS
+                )
                 return ERR_421_RCPTS
             if server.refused_rcpts == 1:  # once a session: a dictionary attack is one line
                 log.info("refused recipient <%s> from %s", address, _ip(session))
@@ -130,11 +140,21 @@ class Handler:
         try:
             inbox_id = await self.writer.store(raw, envelope.rcpt_tos[0][:255])
         except Exception as exc:  # anything that kept it from the disk is temporary: 451
-            log.warning("inbox - %s: not stored, answered 451: %s", message_id,
-                        " ".join(str(exc).split()), exc_info=not isinstance(exc, StorageError))
+            log.warning(
+                "inbox - %s: not stored, answered 451: %s",
+                message_id,
+                " ".join(str(exc).split()),
+                exc_info=not isinstance(exc, StorageError),
+            )
             return ERR_451
-        log.info("inbox %d %s: stored, %d bytes from %s for %s", inbox_id, message_id,
-                 len(raw), _ip(session), ", ".join(envelope.rcpt_tos))
+        log.info(
+            "inbox %d %s: stored, %d bytes from %s for %s",
+            inbox_id,
+            message_id,
+            len(raw),
+            _ip(session),
+            ", ".join(envelope.rcpt_tos),
+        )
         if self.on_stored is not None:
             try:
                 self.on_stored(inbox_id)
@@ -157,13 +177,15 @@ class Handler:
         rcpts = envelope.rcpt_tos
         for_clause = f"\r\n\tfor <{_CONTROL.sub('', rcpts[0])}>" if len(rcpts) == 1 else ""
         when = format_datetime(self.clock.now())
-        text = (f"Return-Path: {return_path}\r\n"
-                f"Received: from {helo} ({literal})\r\n\tby {self.hostname} (mailticket)"
-                f" with {protocol}{for_clause}; {when}\r\n")
+        text = (
+            f"Return-Path: {return_path}\r\n"
+            f"Received: from {helo} ({literal})\r\n\tby {self.hostname} (mailticket)"
+            f" with {protocol}{for_clause}; {when}\r\n"
+        )
         return text.encode("utf-8", "surrogateescape")
 
 
-class Guard:
+class Guard(SMTP):  # a mixin for SMTP and LMTP; subclassing lets mypy check it
     """A connection's limits: how many at once, idle and slow clients, and 421 closes.
 
     The connection is counted before aiosmtpd sees it; past a limit the client gets 421
@@ -180,7 +202,7 @@ class Guard:
         if self._original_transport is None:  # not the TLS layer after STARTTLS (RFC 3207)
             ip = str(transport.get_extra_info("peername")[0])
             if limit := self.limits.admit(ip):
-                transport.write(_REFUSED[limit].encode() + b"\r\n")
+                cast(asyncio.Transport, transport).write(_REFUSED[limit].encode() + b"\r\n")
                 transport.close()
                 return
             self.admitted = ip
@@ -195,10 +217,10 @@ class Guard:
     def _timeout_cb(self) -> None:
         log.info("%s: timed out, answered 421 and closed", self.admitted)
         if self.transport is not None:
-            self.transport.write(ERR_421_TIMEOUT.encode() + b"\r\n")
+            cast(asyncio.Transport, self.transport).write(ERR_421_TIMEOUT.encode() + b"\r\n")
         super()._timeout_cb()  # closes the connection
 
-    async def push(self, status: str | bytes) -> None:
+    async def push(self, status: AnyStr) -> None:
         await super().push(status)
         if isinstance(status, str) and status.startswith("421") and self.transport is not None:
             self.transport.close()  # RFC 5321 3.8: 421 closes the transmission channel
@@ -222,11 +244,12 @@ class Writer:
     each client still gets its 250 only after the commit that holds its message.
     """
 
-    def __init__(self, clock: Any, source: str, threads: int) -> None:
+    def __init__(self, clock: Clock, source: str, threads: int) -> None:
         self.clock, self.source = clock, source
         self.queue: queue.SimpleQueue[tuple[bytes, str, asyncio.Future[int]] | None] = queue.SimpleQueue()
-        self.threads = [threading.Thread(target=self._run, name=f"smtp-store-{n}", daemon=True)
-                        for n in range(threads)]
+        self.threads = [
+            threading.Thread(target=self._run, name=f"smtp-store-{n}", daemon=True) for n in range(threads)
+        ]
 
     def store(self, raw: bytes, rcpt: str) -> asyncio.Future[int]:
         """Called on the event loop; the future gets the inbox id or the error."""
@@ -260,8 +283,7 @@ class Writer:
     def _commit(self, batch: list[tuple[bytes, str, asyncio.Future[int]]]) -> None:
         items = [inbox.Incoming(raw, self.source, rcpt) for raw, rcpt, _ in batch]
         try:
-            results: list[int | BaseException] = list(
-                inbox.store_many(items, now=self.clock.now()))
+            results: list[int | BaseException] = list(inbox.store_many(items, now=self.clock.now()))
         except Exception as exc:  # noqa: BLE001 - the client gets 451, the log says why
             _drop_connection()  # a dead connection is not reused: the next one reconnects
             # One bad message must not cost the others their 250: each alone, once more.
@@ -282,8 +304,13 @@ class Writer:
 class Listener:
     """A running listener: an asyncio loop in its own thread, and the store threads."""
 
-    def __init__(self, config: Config, clock: Any, on_stored: Callable[[int], None] | None,
-                 writers: int | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        on_stored: Callable[[int], None] | None,
+        writers: int | None = None,
+    ) -> None:
         smtp = config.smtp
         self.host, self.port = host_port(smtp.listen)
         tls_context = _tls_context(smtp.tls_cert, smtp.tls_key)
@@ -296,12 +323,16 @@ class Listener:
         self.protocol = _Lmtp if smtp.lmtp else _Smtp
         self.kwargs: dict[str, Any] = {
             "data_size_limit": smtp.max_size or None,  # RFC 1870 SIZE; 0 means no limit
-            "enable_SMTPUTF8": True, "hostname": hostname, "ident": "mailticket",
-            "tls_context": tls_context, "require_starttls": False,  # RFC 3207
+            "enable_SMTPUTF8": True,
+            "hostname": hostname,
+            "ident": "mailticket",
+            "tls_context": tls_context,
+            "require_starttls": False,  # RFC 3207
             "timeout": smtp.idle_timeout,
         }
         self.limits = smtp_limits.ConnectionLimits(
-            smtp_limits.fit_open_files(smtp.max_connections), smtp.max_connections_per_ip, clock)
+            smtp_limits.fit_open_files(smtp.max_connections), smtp.max_connections_per_ip, clock
+        )
         self.loop = asyncio.new_event_loop()
         self.sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self.server: asyncio.AbstractServer | None = None
@@ -317,8 +348,8 @@ class Listener:
         self.thread.start()
         try:
             self.server = asyncio.run_coroutine_threadsafe(
-                self.loop.create_server(self._session, self.host or None, self.port),
-                self.loop).result(timeout=30)
+                self.loop.create_server(self._session, self.host or None, self.port), self.loop
+            ).result(timeout=30)
         except BaseException:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join()
@@ -357,8 +388,13 @@ class Listener:
         await self.server.wait_closed()
 
 
-def start(config: Config, clock: Any, on_stored: Callable[[int], None] | None = None,
-          *, writers: int | None = None) -> Listener:
+def start(
+    config: Config,
+    clock: Clock,
+    on_stored: Callable[[int], None] | None = None,
+    *,
+    writers: int | None = None,
+) -> Listener:
     """Listen on `config.smtp.listen` (SMTP, or LMTP) until `.stop()`.
 
     The database must be open (`db.open_database`) before.  `on_stored(inbox_id)` is

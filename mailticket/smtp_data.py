@@ -13,6 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for mypy only: at run time smtp.py stays the one module importing aiosmtpd
+    from aiosmtpd.smtp import SMTP as _Session
+else:
+    _Session = object
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +31,12 @@ MIN_DATA_RATE = 500
 
 _END_OF_DATA = b"\r\n.\r\n"
 _BLOCK = 1 << 20  # read whatever the connection holds, up to this much at a time
-_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(?:\r?\n[ \t]+)?(<[^>\r\n]{1,250}>)",
-                         re.IGNORECASE | re.MULTILINE)
+_MESSAGE_ID = re.compile(
+    rb"^message-id:[ \t]*(?:\r?\n[ \t]+)?(<[^>\r\n]{1,250}>)", re.IGNORECASE | re.MULTILINE
+)
 
 
-class BulkData:
+class BulkData(_Session):
     """The DATA command, reading the message in blocks rather than line by line.
 
     aiosmtpd's own `smtp_DATA` awaits one `readuntil` per line and checks each in
@@ -48,7 +55,9 @@ class BulkData:
             return
         if await self.check_auth_needed("DATA"):
             return
-        if not self.envelope.rcpt_tos:
+        envelope = self.envelope
+        assert envelope is not None  # set from connection_made on, before any command
+        if not envelope.rcpt_tos:
             await self.push("503 Error: need RCPT command")
             return
         if arg:
@@ -65,7 +74,7 @@ class BulkData:
             await self.push(ERR_552)
             self._set_post_data_state()
             return
-        self.envelope.content = self.envelope.original_content = content
+        envelope.content = envelope.original_content = content
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         # Not a string: aiosmtpd's MISSING, a handler without handle_DATA ("250 OK" as
@@ -94,11 +103,11 @@ class BulkData:
             if limit and dropped + len(buf) - 4 > limit:
                 dropped += len(buf) - 4
                 del buf[:-4]
-        if excess := buf[end + 5:]:
+        if excess := buf[end + 5 :]:
             # The client sent its next command without waiting for our reply: give it back
             # to the reader, ahead of anything after it (StreamReader has no unread).
-            reader._buffer[0:0] = excess
-        del buf[end + 2:]  # the message ends with its last line's CRLF
+            reader._buffer[0:0] = excess  # type: ignore[attr-defined]  # private, as in aiosmtpd
+        del buf[end + 2 :]  # the message ends with its last line's CRLF
         if dropped or (limit and len(buf) - 2 > limit):
             return None
         return bytes(buf).replace(b"\r\n.", b"\r\n")[2:]

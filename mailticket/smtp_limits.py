@@ -20,7 +20,8 @@ import logging
 import resource
 from collections import Counter
 from datetime import datetime, timedelta
-from typing import Any
+
+from .clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ FD_RESERVE = 100  # open files kept for the database, the logs and the store thr
 class ConnectionLimits:
     """Counts open connections, overall and per client address."""
 
-    def __init__(self, total: int, per_ip: int, clock: Any) -> None:
+    def __init__(self, total: int, per_ip: int, clock: Clock) -> None:
         self.total, self.per_ip, self.clock = total, per_ip, clock
         self.open: Counter[str] = Counter()
         self.count = 0
@@ -66,10 +67,16 @@ class ConnectionLimits:
             when, since = self.reported[ip]
             self.reported[ip] = (when, since + 1)
             return
-        open_now, key = ((self.count, "max_connections") if limit == "total"
-                         else (self.open[ip], "max_connections_per_ip"))
-        log.warning("refused a connection from %s: %d open, the [smtp] %s limit (more from it"
-                    " in the next minute are counted, not logged)", ip, open_now, key)
+        open_now, key = (
+            (self.count, "max_connections") if limit == "total" else (self.open[ip], "max_connections_per_ip")
+        )
+        log.warning(
+            "refused a connection from %s: %d open, the [smtp] %s limit (more from it"
+            " in the next minute are counted, not logged)",
+            ip,
+            open_now,
+            key,
+        )
         self.reported[ip] = (now, 0)
 
     def _forget(self, now: datetime) -> None:
@@ -101,6 +108,7 @@ def fit_open_files(max_connections: int) -> int:
     if soft == resource.RLIM_INFINITY or max_connections + FD_RESERVE <= soft:
         return max_connections
     fitted = max(soft - FD_RESERVE, 1)
-    log.warning("[smtp] max_connections %d lowered to %d: the open-file limit is %d",
-                max_connections, fitted, soft)
+    log.warning(
+        "[smtp] max_connections %d lowered to %d: the open-file limit is %d", max_connections, fitted, soft
+    )
     return fitted

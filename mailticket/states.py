@@ -15,10 +15,15 @@ PRIORITIES = ("P1", "P2", "P3", "P4")
 
 # What admins and agents may write for a priority (lower case) -> its code.
 PRIORITY_NAMES = {
-    "p1": "P1", "business-failure": "P1", "business failure": "P1",
-    "p2": "P2", "critical": "P2",
-    "p3": "P3", "normal": "P3",
-    "p4": "P4", "planned": "P4",
+    "p1": "P1",
+    "business-failure": "P1",
+    "business failure": "P1",
+    "p2": "P2",
+    "critical": "P2",
+    "p3": "P3",
+    "normal": "P3",
+    "p4": "P4",
+    "planned": "P4",
 }
 
 

@@ -41,8 +41,16 @@ def save_events(events: list[dict], now: datetime) -> None:
         models.insert_many(Event, [{**e, "at": now} for e in events])
 
 
-def create(values: dict, message: dict, attachments: Iterable[dict] = (), *, actor: str,
-           now: datetime, detail: dict, why: str | None = None) -> tuple[Ticket, list[dict]]:
+def create(
+    values: dict,
+    message: dict,
+    attachments: Iterable[dict] = (),
+    *,
+    actor: str,
+    now: datetime,
+    detail: dict,
+    why: str | None = None,
+) -> tuple[Ticket, list[dict]]:
     """A new ticket of `values` (status `new` and the times `now` unless given) with its
     first message (`add_message`'s `message` and `attachments`), in one INSERT each.
 
@@ -61,8 +69,9 @@ def create(values: dict, message: dict, attachments: Iterable[dict] = (), *, act
     return ticket, events
 
 
-def add_message(ticket: Ticket, message: dict, attachments: Iterable[dict] = (), *, actor: str,
-                now: datetime) -> list[dict]:
+def add_message(
+    ticket: Ticket, message: dict, attachments: Iterable[dict] = (), *, actor: str, now: datetime
+) -> list[dict]:
     """Store a message on `ticket` and move its `updated_at` to `now`; a `message` event.
 
     `message` holds the Message columns but `ticket` and `created_at`; `attachments`
@@ -76,8 +85,7 @@ def add_message(ticket: Ticket, message: dict, attachments: Iterable[dict] = (),
     return [event(ticket, actor, "message", {"kind": message["kind"]})]
 
 
-def change(ticket: Ticket, changes: dict, *, actor: str, now: datetime,
-           why: str | None = None) -> list[dict]:
+def change(ticket: Ticket, changes: dict, *, actor: str, now: datetime, why: str | None = None) -> list[dict]:
     """Set attributes of `ticket` (`CHANGEABLE`) in one UPDATE with `updated_at`; one event
     per attribute whose value differs, of its name: `{"from", "to"}` (and `why` when given).
 
@@ -89,8 +97,9 @@ def change(ticket: Ticket, changes: dict, *, actor: str, now: datetime,
     if not changed:
         return []
     extra = {"why": why} if why else {}
-    events = [event(ticket, actor, k, {"from": getattr(ticket, k), "to": v, **extra})
-              for k, v in changed.items()]
+    events = [
+        event(ticket, actor, k, {"from": getattr(ticket, k), "to": v, **extra}) for k, v in changed.items()
+    ]
     models.update(Ticket, ticket.number, {**changed, "updated_at": now})
     for name, value in {**changed, "updated_at": now}.items():
         setattr(ticket, name, value)
@@ -101,14 +110,11 @@ def _check(values: dict, allowed: Iterable[str] | None = None) -> None:
     if allowed is not None:
         unknown = sorted(set(values) - set(allowed))
         if unknown:
-            raise TicketError(f"cannot change {', '.join(unknown)} of a ticket "
-                              f"(only {', '.join(allowed)})")
+            raise TicketError(f"cannot change {', '.join(unknown)} of a ticket (only {', '.join(allowed)})")
     if "status" in values and values["status"] not in states.STATUSES:
-        raise TicketError(f"unknown status {values['status']!r} "
-                          f"(one of {', '.join(states.STATUSES)})")
+        raise TicketError(f"unknown status {values['status']!r} (one of {', '.join(states.STATUSES)})")
     if "priority" in values and values["priority"] not in states.PRIORITIES:
-        raise TicketError(f"unknown priority {values['priority']!r} "
-                          f"(one of {', '.join(states.PRIORITIES)})")
+        raise TicketError(f"unknown priority {values['priority']!r} (one of {', '.join(states.PRIORITIES)})")
 
 
 def _insert_message(ticket: Ticket, message: dict, attachments: Iterable[dict], now: datetime) -> None:
@@ -162,8 +168,9 @@ def is_agent(address: str, configured: frozenset[str]) -> bool:
     return address in configured or models.is_active_agent(address)
 
 
-def may_write(ticket: Ticket, sender: str, referenced: Callable[[], set[int]],
-              agents: frozenset[str]) -> bool:
+def may_write(
+    ticket: Ticket, sender: str, referenced: Callable[[], set[int]], agents: frozenset[str]
+) -> bool:
     """Whether `sender` may add to `ticket` on the strength of a subject token.
 
     The requester, a CC of the ticket and an agent may; anyone else only when the
@@ -178,8 +185,9 @@ def may_write(ticket: Ticket, sender: str, referenced: Callable[[], set[int]],
     return bool(sender) and is_agent(sender, agents)
 
 
-def listing(*, status: str | None = None, queue: str | None = None, requester: str | None = None,
-            limit: int = 100):
+def listing(
+    *, status: str | None = None, queue: str | None = None, requester: str | None = None, limit: int = 100
+):
     query = Ticket.select().order_by(Ticket.number.desc()).limit(limit)
     if status:
         query = query.where(Ticket.status == status)
@@ -221,8 +229,13 @@ def as_dict(ticket: Ticket, *, full: bool = True) -> dict:
                 "text": m.text,
                 "body": m.body,
                 "attachments": [
-                    {"filename": a.filename, "content_type": a.content_type, "size": a.size,
-                     "sha256": a.sha256, "inline": a.inline}
+                    {
+                        "filename": a.filename,
+                        "content_type": a.content_type,
+                        "size": a.size,
+                        "sha256": a.sha256,
+                        "inline": a.inline,
+                    }
                     for a in m.attachments
                 ],
             }

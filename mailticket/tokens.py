@@ -29,9 +29,7 @@ class TokenFormat:
         self.template = template
         before, _, after = template.partition("{number}")
         # Whitespace inside the token may be folded or doubled by clients.
-        self._pattern = re.compile(
-            _loose(before) + r"\s*(\d{1,12})\s*" + _loose(after), re.IGNORECASE
-        )
+        self._pattern = re.compile(_loose(before) + r"\s*(\d{1,12})\s*" + _loose(after), re.IGNORECASE)
 
     def format(self, number: int) -> str:
         return self.template.replace("{number}", str(number))

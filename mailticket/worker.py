@@ -26,6 +26,7 @@ from .db import TRANSIENT_ERRORS, writing
 from .errors import StorageError
 from .inbox import one_line
 from .models import Event, Inbox, SqliteDatabase, database_proxy
+from .parsers import ParsedMessage
 from .pipeline import Pipeline, Quarantine, Result, StepFailed
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 class BatchWriteFailed(Exception):
     """The ticket events of a whole batch could not be written in one statement."""
+
 
 BATCH = 100
 
@@ -48,8 +50,9 @@ class InboxWorker:
         # small first batch (it holds the SQLite writer lock the edges wait for).
         self.most = most or batch
 
-    def run_pending(self, ids: list[int] | None = None,
-                    on_result: Callable[[Result], None] | None = None) -> list[Result]:
+    def run_pending(
+        self, ids: list[int] | None = None, on_result: Callable[[Result], None] | None = None
+    ) -> list[Result]:
         """Process pending rows (only `ids`, when given) until none is left.
 
         Raises StorageError when the database failed (the rows of the failed batch stay
@@ -64,9 +67,14 @@ class InboxWorker:
             last_id, size = next_id, min(size * 2, max(self.most, self.batch))
             results.extend(batch_results)
             for r in batch_results:  # committed: the story of each message, one line
-                log.info("inbox %d %s: %s%s%s", r.inbox_id, r.message_id or "-", r.outcome,
-                         f" ticket #{r.ticket} (queue {r.queue}, {r.priority})" if r.ticket else "",
-                         f": {r.reason}" if r.reason else "")
+                log.info(
+                    "inbox %d %s: %s%s%s",
+                    r.inbox_id,
+                    r.message_id or "-",
+                    r.outcome,
+                    f" ticket #{r.ticket} (queue {r.queue}, {r.priority})" if r.ticket else "",
+                    f": {r.reason}" if r.reason else "",
+                )
             if on_result:
                 for r in batch_results:
                     on_result(r)
@@ -78,8 +86,7 @@ class InboxWorker:
             query = query.where(Inbox.id.in_(ids))
         return query.order_by(Inbox.id).limit(size)
 
-    def _run_batch(self, ids: list[int] | None, after: int, size: int
-                   ) -> tuple[list[Result], int, bool]:
+    def _run_batch(self, ids: list[int] | None, after: int, size: int) -> tuple[list[Result], int, bool]:
         """Take the next `size` pending rows and process them in one transaction.
 
         Returns the results, the last id taken, and whether the batch was full."""
@@ -91,16 +98,16 @@ class InboxWorker:
                 # each message writing its own, so that a fault stays that message's.
                 return self._process_batch(ids, after, size, defer=False)
         except TRANSIENT_ERRORS as exc:
-            raise StorageError(f"the database failed; the inbox rows stay pending: {one_line(exc)}"
-                               ) from exc
+            raise StorageError(f"the database failed; the inbox rows stay pending: {one_line(exc)}") from exc
 
-    def _process_batch(self, ids: list[int] | None, after: int, size: int, *, defer: bool
-                       ) -> tuple[list[Result], int, bool]:
+    def _process_batch(
+        self, ids: list[int] | None, after: int, size: int, *, defer: bool
+    ) -> tuple[list[Result], int, bool]:
         db = database_proxy
         pipeline = self.pipeline  # one pipeline per batch, even if a reload swaps it meanwhile
         out: list[Result] = []
         sqlite = isinstance(db.obj, SqliteDatabase)
-        parsed: dict[int, object] = {}
+        parsed: dict[int, ParsedMessage] = {}
         if sqlite:
             # SQLite has one write lock for the whole database, and the edges need it for
             # every message they accept: parse (the costliest step, pure CPU) before
@@ -112,7 +119,7 @@ class InboxWorker:
         # SQLite: take the write lock up front.  A transaction that reads first and writes
         # later cannot wait for a lock another connection took meanwhile (in WAL mode it
         # fails at once with "database is locked"), whatever the busy timeout.
-        with writing(), (db.atomic("IMMEDIATE") if sqlite else db.atomic()):
+        with writing(), db.atomic("IMMEDIATE") if sqlite else db.atomic():
             if sqlite:
                 # Another process (an `ingest` beside the daemon) may have taken some.
                 still = models.still_pending([r.id for r in rows])
@@ -157,11 +164,20 @@ class InboxWorker:
             reason = str(failed.cause)
         else:
             reason = f"{type(failed.cause).__name__}: {failed.cause}"
-            log.error("inbox %s %s: quarantined at step %s: %s", row.id, row.message_id or "-",
-                      failed.step, reason, exc_info=failed.cause)
+            log.error(
+                "inbox %s %s: quarantined at step %s: %s",
+                row.id,
+                row.message_id or "-",
+                failed.step,
+                reason,
+                exc_info=failed.cause,
+            )
         Inbox.update(
-            state="quarantined", step=failed.step, reason=reason[:2000], outcome="quarantined",
-            attempts=Inbox.attempts + 1, processed_at=self.pipeline.env.clock.now(),
+            state="quarantined",
+            step=failed.step,
+            reason=reason[:2000],
+            outcome="quarantined",
+            attempts=Inbox.attempts + 1,
+            processed_at=self.pipeline.env.clock.now(),
         ).where(Inbox.id == row.id).execute()
-        return Result(row.id, row.message_id, "quarantined", None, reason, failed.step,
-                      source=row.source)
+        return Result(row.id, row.message_id, "quarantined", None, reason, failed.step, source=row.source)

@@ -48,9 +48,7 @@ _FAILURE_SUBJECT = re.compile(
     r"|unzustellbar|nicht zustellbar|returned to sender",
     re.IGNORECASE,
 )
-_DAEMON_LOCAL = re.compile(
-    r"^(?:mailer-daemon|postmaster|mail-daemon|mailerdaemon)$", re.IGNORECASE
-)
+_DAEMON_LOCAL = re.compile(r"^(?:mailer-daemon|postmaster|mail-daemon|mailerdaemon)$", re.IGNORECASE)
 
 # Subjects that on their own mean an auto-responder: each client's fixed prefix
 # (Exchange "Automatic reply:", its French/Dutch/German "Réponse automatique :",

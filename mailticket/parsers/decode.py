@@ -223,9 +223,7 @@ _EXTENSIONS = {
 _UNSAFE = re.compile(r'[<>:"|?*\\/]')
 _EXT = re.compile(r"\.[A-Za-z0-9]{1,10}$")
 _WINDOWS_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL"]
-    + [f"COM{i}" for i in range(1, 10)]
-    + [f"LPT{i}" for i in range(1, 10)]
+    ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(1, 10)] + [f"LPT{i}" for i in range(1, 10)]
 )
 
 

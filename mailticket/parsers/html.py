@@ -27,9 +27,9 @@ import html as html_lib
 import logging
 import re
 
-from inscriptis import get_text  # type: ignore[import-untyped]
-from inscriptis.css_profiles import CSS_PROFILES  # type: ignore[import-untyped]
-from inscriptis.model.config import ParserConfig  # type: ignore[import-untyped]
+from inscriptis import get_text
+from inscriptis.css_profiles import CSS_PROFILES
+from inscriptis.model.config import ParserConfig
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-import mailparser.utils  # type: ignore[import-untyped]
+import mailparser.utils
 
 from . import Address, Attachment, ParsedMessage, autoreply, language, quotes
 from .decode import (
@@ -282,9 +282,7 @@ class _Body:
         if filename:
             filename = header_text(str(filename), "attachment name", self.defects)
         if ctype in ("text/plain", "text/html") and disposition != "attachment" and not filename:
-            text = decode_bytes(
-                _payload(part), _safe(part.get_content_charset), ctype, self.defects
-            )
+            text = decode_bytes(_payload(part), _safe(part.get_content_charset), ctype, self.defects)
             if ctype == "text/html":
                 self.html.append(text)
             else:
@@ -310,9 +308,7 @@ class _Body:
         name = f"{stem or 'forwarded message'}.eml"
         self._attach(name, "message/rfc822", payload, False, None)
 
-    def _attach(
-        self, name: str | None, ctype: str, payload: bytes, inline: bool, cid: str | None
-    ) -> None:
+    def _attach(self, name: str | None, ctype: str, payload: bytes, inline: bool, cid: str | None) -> None:
         # Some clients repeat one inline logo per reply in the thread (50 copies are
         # seen); identical bytes of one type are kept once.
         key = (ctype, payload)
@@ -338,9 +334,7 @@ class _Body:
         if m is None:
             self.defects.append("multipart without parts; body kept as text")
             self.plain.append(
-                decode_bytes(
-                    body.encode("utf-8", "surrogateescape"), None, "broken multipart", self.defects
-                )
+                decode_bytes(body.encode("utf-8", "surrogateescape"), None, "broken multipart", self.defects)
             )
             return None
         self.defects.append(f"multipart boundary repaired to {m.group(1)[:40]!r}")

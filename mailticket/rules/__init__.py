@@ -24,6 +24,13 @@ from .load import Problem, check_rules, load_rules
 from .view import RuleContext
 
 __all__ = [
-    "Decision", "Evaluation", "Hit", "Problem", "Rule", "RuleContext", "RuleSet",
-    "check_rules", "load_rules",
+    "Decision",
+    "Evaluation",
+    "Hit",
+    "Problem",
+    "Rule",
+    "RuleContext",
+    "RuleSet",
+    "check_rules",
+    "load_rules",
 ]

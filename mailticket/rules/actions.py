@@ -22,8 +22,22 @@ from .reader import PRIORITY_HELP, Reader, strings, suggest
 from .text import TEXT_FIELDS
 from .view import View
 
-ACTIONS = ("queue", "priority", "tier", "assignee", "group", "tags", "fields", "extract",
-           "template", "ack", "notify", "split", "spam", "stop")
+ACTIONS = (
+    "queue",
+    "priority",
+    "tier",
+    "assignee",
+    "group",
+    "tags",
+    "fields",
+    "extract",
+    "template",
+    "ack",
+    "notify",
+    "split",
+    "spam",
+    "stop",
+)
 
 # A numbered item: "1. ", "2) ", "(3) " at the start of a line.
 _ITEM = re.compile(r"^[ \t]*(?:\d{1,2}[.)]|\(\d{1,2}\))[ \t]+", re.MULTILINE)
@@ -57,11 +71,11 @@ def _numbered_items(text: str) -> list[str]:
     items = []
     for i, m in enumerate(starts):
         end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
-        lines = text[m.end():end].split("\n")
+        lines = text[m.end() : end].split("\n")
         keep = [lines[0]]
         for j, line in enumerate(lines[1:], 1):
             if not line.strip():
-                rest = [x for x in lines[j + 1:] if x.strip()]
+                rest = [x for x in lines[j + 1 :] if x.strip()]
                 if not rest or not rest[0][:1].isspace():
                     break
             keep.append(line)
@@ -94,8 +108,10 @@ class Actions:
     def apply(self, decision: Decision, view: View) -> tuple[Decision, list[str]]:
         """The decision after these actions, and what they did, one line each."""
         changes = dict(self.set)
-        done = [f"{name}={str(value).lower() if isinstance(value, bool) else value}"
-                for name, value in self.set.items()]
+        done = [
+            f"{name}={str(value).lower() if isinstance(value, bool) else value}"
+            for name, value in self.set.items()
+        ]
         if self.tags:
             changes["tags"] = _added(decision.tags, self.tags)
             done.append(f"tags+={','.join(self.tags)}")
@@ -206,8 +222,11 @@ def _parse_extract(r: Reader, val: Any, parent: Any) -> tuple[Extract, ...]:
                 where = strings(r, item["in"], item, "in") or ()
                 for w in where:
                     if w not in TEXT_FIELDS:
-                        r.bad(item, "in", f"extract in {w!r}: use subject, body or "
-                              f"new_text{suggest(w, TEXT_FIELDS)}")
+                        r.bad(
+                            item,
+                            "in",
+                            f"extract in {w!r}: use subject, body or new_text{suggest(w, TEXT_FIELDS)}",
+                        )
             node, at, item = item, "regex", item.get("regex")
         if not isinstance(item, str) or not item:
             r.bad(node, at, "extract takes a regex with named groups", key="extract")
@@ -215,12 +234,15 @@ def _parse_extract(r: Reader, val: Any, parent: Any) -> tuple[Extract, ...]:
         try:
             rx = re.compile(item, re.IGNORECASE | re.MULTILINE)
         except re.error as exc:
-            r.bad(node, at, f"bad regex {item!r}: {exc.msg} at position {exc.pos}",
-                  key="regex")
+            r.bad(node, at, f"bad regex {item!r}: {exc.msg} at position {exc.pos}", key="regex")
             continue
         if not rx.groupindex:
-            r.bad(node, at, f"regex {item!r} names no field: use a named group such as "
-                  "(?P<account>\\d+)", key="regex")
+            r.bad(
+                node,
+                at,
+                f"regex {item!r} names no field: use a named group such as (?P<account>\\d+)",
+                key="regex",
+            )
             continue
         out.append(Extract(rx, tuple(where)))
     return tuple(out)
@@ -229,13 +251,17 @@ def _parse_extract(r: Reader, val: Any, parent: Any) -> tuple[Extract, ...]:
 def _parse_split(r: Reader, val: Any, parent: Any) -> Split | None:
     if val == "numbered":
         return Split()
-    if isinstance(val, dict) and set(val) == {"separator"} and isinstance(
-            val["separator"], str):
+    if isinstance(val, dict) and set(val) == {"separator"} and isinstance(val["separator"], str):
         try:
             return Split(re.compile(val["separator"], re.MULTILINE))
         except re.error as exc:
-            r.bad(val, "separator", f"bad regex {val['separator']!r}: {exc.msg} at "
-                  f"position {exc.pos}", key="regex", value=True)
+            r.bad(
+                val,
+                "separator",
+                f"bad regex {val['separator']!r}: {exc.msg} at position {exc.pos}",
+                key="regex",
+                value=True,
+            )
             return None
     r.bad(parent, "split", "split is `numbered` or `{separator: REGEX}`")
     return None

@@ -46,8 +46,7 @@ class AddressMatcher:
     """
 
     def __init__(self) -> None:
-        self.tables: dict[str, dict[str, str]] = {"addr": {}, "dom": {}, "suffix": {},
-                                                  "local": {}}
+        self.tables: dict[str, dict[str, str]] = {"addr": {}, "dom": {}, "suffix": {}, "local": {}}
         self.globs: list[tuple[str, re.Pattern[str], bool]] = []
         self.labels: list[str] = []
 
@@ -106,8 +105,7 @@ class AddressCond:
         m = self.matcher
         if m.globs:
             return None
-        return frozenset((kind, self.name, key) for kind, table in m.tables.items()
-                         for key in table)
+        return frozenset((kind, self.name, key) for kind, table in m.tables.items() for key in table)
 
 
 def parse_addresses(r: Reader, k: str, v: Any, m: Any) -> AddressCond | None:
@@ -129,11 +127,9 @@ def parse_addresses(r: Reader, k: str, v: Any, m: Any) -> AddressCond | None:
                 matcher.add(e, f"in list {item['list']}")
         elif isinstance(item, str) and item.strip() and " " not in item.strip():
             s = item.strip().lower()
-            kind = "matches" if any(c in s for c in "*?[") else \
-                "is" if "@" in s.lstrip("@") else "domain"
+            kind = "matches" if any(c in s for c in "*?[") else "is" if "@" in s.lstrip("@") else "domain"
             matcher.add(s, f"{kind} {s.lstrip('@') if kind == 'domain' else s}")
         else:
-            r.bad(node, at, f"expected an address, a domain or {{list: NAME}}, "
-                  f"not {item!r}", key=k)
+            r.bad(node, at, f"expected an address, a domain or {{list: NAME}}, not {item!r}", key=k)
             ok = False
     return AddressCond(k, matcher) if ok else None

@@ -24,9 +24,23 @@ from .text import TEXT_FIELDS, parse_header, parse_text
 from .view import SOURCES, Condition, Matched, Trigger, Unindexed, View
 
 VALUE_FIELDS = ("language", "status", "priority", "queue", "source", "mailbox")
-CONDITIONS = (*ADDRESS_FIELDS, *TEXT_FIELDS, "header", "attachment", "language", "reply",
-              "status", "priority", "queue", "source", "mailbox", "business_hours",
-              "all", "any", "not")
+CONDITIONS = (
+    *ADDRESS_FIELDS,
+    *TEXT_FIELDS,
+    "header",
+    "attachment",
+    "language",
+    "reply",
+    "status",
+    "priority",
+    "queue",
+    "source",
+    "mailbox",
+    "business_hours",
+    "all",
+    "any",
+    "not",
+)
 
 
 # --- all / any / not, and the `when` they are written in ------------------------------
@@ -102,8 +116,12 @@ def parse_when(r: Reader, v: Any, parent: Any, at: Any) -> Condition | None:
     if isinstance(v, list) and v:
         items = [parse_when(r, x, v, i) for i, x in enumerate(v)]
         return AllOf(items) if all(items) else None  # type: ignore[arg-type]
-    r.bad(parent, at, "expected conditions, e.g. `subject: outage` (or a list of them)",
-          key=at if isinstance(at, str) else "when")
+    r.bad(
+        parent,
+        at,
+        "expected conditions, e.g. `subject: outage` (or a list of them)",
+        key=at if isinstance(at, str) else "when",
+    )
     return None
 
 
@@ -199,8 +217,7 @@ def _parse_value(r: Reader, k: str, v: Any, m: dict) -> ValueCond | None:
         if k == "priority" and s not in PRIORITIES:
             r.bad(m, k, f"unknown priority {s!r} ({PRIORITY_HELP})")
         elif allowed and s.lower() not in allowed:
-            r.bad(m, k, f"unknown {k} {s!r} (one of {', '.join(allowed)})"
-                  f"{suggest(s.lower(), allowed)}")
+            r.bad(m, k, f"unknown {k} {s!r} (one of {', '.join(allowed)}){suggest(s.lower(), allowed)}")
         out.append(s)
     return ValueCond(k, out)
 
@@ -259,8 +276,7 @@ class AttachmentCond(Unindexed):
             ([f"name {' or '.join(self.names)}"] if self.names else [])
             + ([f"type {' or '.join(self.types)}"] if self.types else [])
         )
-        return ("has an attachment" if self.want else "has no attachment") + (
-            f" with {what}" if what else "")
+        return ("has an attachment" if self.want else "has no attachment") + (f" with {what}" if what else "")
 
 
 def _parse_attachment(r: Reader, v: Any, m: Any) -> Condition | None:
@@ -270,8 +286,7 @@ def _parse_attachment(r: Reader, v: Any, m: Any) -> Condition | None:
     if isinstance(v, dict):
         unknown = [x for x in v if x not in ("name", "type")]
         for x in unknown:
-            r.bad(v, x, f"unknown attachment test {x!r} (name or type)"
-                  f"{suggest(str(x), ('name', 'type'))}")
+            r.bad(v, x, f"unknown attachment test {x!r} (name or type){suggest(str(x), ('name', 'type'))}")
         names = strings(r, v["name"], v, "name") if "name" in v else []
         types = strings(r, v["type"], v, "type") if "type" in v else []
         if unknown or names is None or types is None or not (names or types):
@@ -282,6 +297,7 @@ def _parse_attachment(r: Reader, v: Any, m: Any) -> Condition | None:
     values = strings(r, v, m, "attachment")
     if values is None:
         return None
-    items: list[Condition] = [AttachmentCond(True, [], [s]) if "/" in s
-                              else AttachmentCond(True, [s], []) for s in values]
+    items: list[Condition] = [
+        AttachmentCond(True, [], [s]) if "/" in s else AttachmentCond(True, [s], []) for s in values
+    ]
     return items[0] if len(items) == 1 else AnyOf(items)

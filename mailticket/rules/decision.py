@@ -51,11 +51,13 @@ class Decision:
     template: str | None = _field(None)  # acknowledgement template kind, e.g. "ack-billing"
     tags: tuple[str, ...] = _field((), ticket=ADD, show=_joined)
     fields: dict[str, str] = _field(
-        dict, ticket=MERGE, show=lambda _, v: [f"field {k}: {x}" for k, x in v.items()])
+        dict, ticket=MERGE, show=lambda _, v: [f"field {k}: {x}" for k, x in v.items()]
+    )
     # Addresses, or group names (no "@") for the caller to resolve.
     notify: tuple[str, ...] = _field((), show=_joined)
     split_parts: tuple[str, ...] = _field(  # two or more: one ticket per part
-        (), show=lambda _, v: [f"split into {len(v)} tickets"] if v else [])
+        (), show=lambda _, v: [f"split into {len(v)} tickets"] if v else []
+    )
     ack: bool = _field(True, show=lambda _, v: [] if v else ["acknowledgement: no"])
     spam: bool = _field(False, show=lambda _, v: ["SPAM: quarantined"] if v else [])
 
@@ -87,8 +89,7 @@ class Decision:
 
     def explain(self) -> list[str]:
         """One line per field that says something, for `rules test`."""
-        return [line for f in fields(self)
-                for line in f.metadata["show"](f.name, getattr(self, f.name))]
+        return [line for f in fields(self) for line in f.metadata["show"](f.name, getattr(self, f.name))]
 
 
 @dataclass
@@ -104,7 +105,9 @@ class Hit:
 
     def as_event(self) -> dict[str, Any]:
         return {
-            "rule": self.rule, "file": self.file, "line": self.line,
+            "rule": self.rule,
+            "file": self.file,
+            "line": self.line,
             "matched": [{"condition": c, "text": t} for c, t in self.matched],
             "actions": list(self.actions),
         }

@@ -42,8 +42,14 @@ class Rule:
 class RuleSet:
     """The rules in evaluation order: files by name, rules in file order."""
 
-    def __init__(self, rules: list[Rule] | tuple[Rule, ...] = (), path: str | None = None,
-                 files: tuple[str, ...] = (), *, indexed: bool = True) -> None:
+    def __init__(
+        self,
+        rules: list[Rule] | tuple[Rule, ...] = (),
+        path: str | None = None,
+        files: tuple[str, ...] = (),
+        *,
+        indexed: bool = True,
+    ) -> None:
         """`indexed=False` tests every rule on every message: for tests and benchmarks."""
         self.rules = tuple(rules)
         self.path = path
@@ -82,10 +88,15 @@ class RuleSet:
         """The rules in evaluation order, for `mailticket rules list`."""
         return [
             {
-                "order": i, "name": r.name, "file": r.file, "line": r.line,
+                "order": i,
+                "name": r.name,
+                "file": r.file,
+                "line": r.line,
                 "applies_to": "both" if len(r.scope) == 2 else next(iter(r.scope)),
                 "when": r.when.describe() if r.when is not None else "always",
-                "then": r.then.describe(), "stop": r.stop, "description": r.description,
+                "then": r.then.describe(),
+                "stop": r.stop,
+                "description": r.description,
             }
             for i, r in enumerate(self.rules, 1)
         ]

@@ -27,7 +27,6 @@ module that imports ruamel.yaml: its round-trip loader keeps the line numbers.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +41,8 @@ from .conditions import CONDITIONS, parse_when
 from .evaluate import Rule, RuleSet
 from .reader import suggest
 
-log = logging.getLogger(__name__)
-
 RULE_KEYS = ("name", "description", "applies_to", "when", "then", "stop")
-SCOPES = {"new": frozenset({"new"}), "reply": frozenset({"reply"}),
-          "both": frozenset({"new", "reply"})}
+SCOPES = {"new": frozenset({"new"}), "reply": frozenset({"reply"}), "both": frozenset({"new", "reply"})}
 
 
 @dataclass(frozen=True)
@@ -61,8 +57,7 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: rule \"{self.rule}\": {self.message}" if self.rule \
-            else f"{where}: {self.message}"
+        return f'{where}: rule "{self.rule}": {self.message}' if self.rule else f"{where}: {self.message}"
 
 
 def load_rules(path: str | Path) -> RuleSet:
@@ -108,39 +103,47 @@ class _Loader:
 
     # --- the Reader the condition and action parsers report to ---
 
-    def bad(self, node: Any, at: Any, message: str, *, key: str | None = None,
-            value: bool = False) -> None:
+    def bad(self, node: Any, at: Any, message: str, *, key: str | None = None, value: bool = False) -> None:
         key = key if key is not None else (at if isinstance(at, str) else None)
-        self.problems.append(Problem(self.file, _line(node, at, value=value), key, message,
-                                     self.rule))
+        self.problems.append(Problem(self.file, _line(node, at, value=value), key, message, self.rule))
 
     def unknown(self, node: Any, key: str, kind: str) -> None:
         if kind == "condition":
-            hint = (f" ('{key}' is an action: put it under 'then')" if key in ACTIONS
-                    else suggest(key, CONDITIONS))
+            hint = (
+                f" ('{key}' is an action: put it under 'then')"
+                if key in ACTIONS
+                else suggest(key, CONDITIONS)
+            )
         else:
-            hint = (f" ('{key}' is a condition: put it under 'when')" if key in CONDITIONS
-                    else suggest(key, ACTIONS))
+            hint = (
+                f" ('{key}' is a condition: put it under 'when')"
+                if key in CONDITIONS
+                else suggest(key, ACTIONS)
+            )
         self.bad(node, key, f"unknown {kind} {key!r}{hint}")
 
     def list_file(self, name: str, node: Any, at: Any, key: str) -> list[str] | None:
         """`vip` is lists/vip.txt; a name with a slash or .txt is relative to the rules."""
         base = self.root.parent if self.root.is_file() else self.root
-        path = base / name if ("/" in name or name.endswith(".txt")) else \
-            base / "lists" / f"{name}.txt"
+        path = base / name if ("/" in name or name.endswith(".txt")) else base / "lists" / f"{name}.txt"
         if path not in self.lists:
             try:
                 lines = path.read_text(encoding="utf-8").splitlines()
             except (OSError, UnicodeDecodeError) as exc:
-                self.bad(node, at, f"list {name!r}: cannot read {path}: "
-                         f"{exc.strerror if isinstance(exc, OSError) else exc}", key=key)
+                self.bad(
+                    node,
+                    at,
+                    f"list {name!r}: cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}",
+                    key=key,
+                )
                 return None
             entries = []
             for n, line in enumerate(lines, 1):
                 entry = line.split("#", 1)[0].strip()
                 if " " in entry or "\t" in entry:
-                    self.problems.append(Problem(str(path), n, None,
-                                                 f"one address or domain a line, not {entry!r}"))
+                    self.problems.append(
+                        Problem(str(path), n, None, f"one address or domain a line, not {entry!r}")
+                    )
                 elif entry:
                     entries.append(entry)
             self.lists[path] = entries
@@ -153,8 +156,11 @@ class _Loader:
         if root.is_file():
             files = [root]
         elif root.is_dir():
-            files = sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml")
-                           and p.is_file() and not p.name.startswith("."))
+            files = sorted(
+                p
+                for p in root.iterdir()
+                if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith(".")
+            )
         else:
             files = []
         rules: list[Rule] = []
@@ -164,8 +170,7 @@ class _Loader:
             for name, rule, node in self.load_file(path):
                 if name in seen:
                     self.rule = name
-                    self.bad(node, "name", f"duplicate rule name (first at {seen[name]})",
-                             value=True)
+                    self.bad(node, "name", f"duplicate rule name (first at {seen[name]})", value=True)
                     continue
                 seen[name] = f"{self.file}:{_line(node)}"
                 if rule is not None:
@@ -217,9 +222,14 @@ class _Loader:
         context = "" if isinstance(exc, DuplicateKeyError) else getattr(exc, "context", None) or ""
         if context and start is not None and mark is not None and start.line != mark.line:
             context += f" (from line {start.line + 1})"
-        self.problems.append(Problem(
-            self.file, mark.line + 1 if mark else None, None,
-            "YAML syntax error: " + (f"{context}, " if context else "") + str(problem)))
+        self.problems.append(
+            Problem(
+                self.file,
+                mark.line + 1 if mark else None,
+                None,
+                "YAML syntax error: " + (f"{context}, " if context else "") + str(problem),
+            )
+        )
 
     def rule_(self, m: dict) -> Rule | None:
         before = len(self.problems)
@@ -229,9 +239,13 @@ class _Loader:
             self.bad(m, "name" if "name" in m else None, "every rule needs a name", key="name")
         for k in m:
             if k not in RULE_KEYS:
-                hint = (" (a condition: put it under 'when')" if k in CONDITIONS else
-                        " (an action: put it under 'then')" if k in ACTIONS else
-                        suggest(str(k), RULE_KEYS))
+                hint = (
+                    " (a condition: put it under 'when')"
+                    if k in CONDITIONS
+                    else " (an action: put it under 'then')"
+                    if k in ACTIONS
+                    else suggest(str(k), RULE_KEYS)
+                )
                 self.bad(m, k, f"unknown key {k!r}{hint}", key=str(k))
         applies = m.get("applies_to", "new")
         if applies not in SCOPES:
@@ -245,5 +259,13 @@ class _Loader:
             self.bad(m, None, "the rule does nothing: give it 'then' or 'stop: true'", key="then")
         if len(self.problems) > before or self.rule is None:
             return None
-        return Rule(self.rule, self.file, _line(m) or 0, SCOPES[applies], when, then,
-                    stop is True or then_stop, str(m.get("description") or ""))
+        return Rule(
+            self.rule,
+            self.file,
+            _line(m) or 0,
+            SCOPES[applies],
+            when,
+            then,
+            stop is True or then_stop,
+            str(m.get("description") or ""),
+        )

@@ -17,8 +17,7 @@ PRIORITY_HELP = "P1 business-failure, P2 critical, P3 normal or P4 planned"
 
 
 class Reader(Protocol):
-    def bad(self, node: Any, at: Any, message: str, *, key: str | None = None,
-            value: bool = False) -> None:
+    def bad(self, node: Any, at: Any, message: str, *, key: str | None = None, value: bool = False) -> None:
         """Report a problem at `node`'s key or item `at` (or its value, with `value`)."""
         ...
 
@@ -39,8 +38,9 @@ def suggest(key: str, choices: tuple[str, ...]) -> str:
 def strings(r: Reader, v: Any, m: Any, k: Any) -> list[str] | None:
     """A text or a list of texts (numbers are taken as text)."""
     items = v if isinstance(v, list) else [v]
-    if not items or any(isinstance(x, bool) or not isinstance(x, (str, int, float))
-                        or not str(x).strip() for x in items):
+    if not items or any(
+        isinstance(x, bool) or not isinstance(x, (str, int, float)) or not str(x).strip() for x in items
+    ):
         r.bad(m, k, "expected a text or a list of texts", key=str(k))
         return None
     return [str(x).strip() for x in items]

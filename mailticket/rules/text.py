@@ -124,8 +124,12 @@ def parse_patterns(r: Reader, v: Any, m: Any, k: Any, *, multiline: bool) -> lis
     spec = v if isinstance(v, dict) else {"contains": v}
     unknown = [x for x in spec if x not in ("contains", "words", "regex", "case_sensitive")]
     for x in unknown:
-        r.bad(spec, x, f"unknown text test {x!r} (contains, words, regex or "
-              f"case_sensitive){suggest(str(x), ('contains', 'words', 'regex'))}")
+        r.bad(
+            spec,
+            x,
+            f"unknown text test {x!r} (contains, words, regex or "
+            f"case_sensitive){suggest(str(x), ('contains', 'words', 'regex'))}",
+        )
     case = spec.get("case_sensitive", False)
     if not isinstance(case, bool):
         r.bad(spec, "case_sensitive", "case_sensitive must be true or false")
@@ -148,15 +152,18 @@ def parse_patterns(r: Reader, v: Any, m: Any, k: Any, *, multiline: bool) -> lis
                 except re.error as exc:
                     seq = spec[how]
                     in_list = isinstance(seq, list)
-                    r.bad(seq if in_list else node, i if in_list else at,
-                          f"bad regex {s!r}: {exc.msg} at position {exc.pos}",
-                          key="regex", value=not in_list)
+                    r.bad(
+                        seq if in_list else node,
+                        i if in_list else at,
+                        f"bad regex {s!r}: {exc.msg} at position {exc.pos}",
+                        key="regex",
+                        value=not in_list,
+                    )
                     ok = False
                     continue
                 out.append(Pattern("matches", s, rx))
             elif how == "words":  # lookarounds, not \b: "C++" and "#42" are words too
-                out.append(Pattern("has word", s,
-                                   re.compile(rf"(?<!\w){re.escape(s)}(?!\w)", flags)))
+                out.append(Pattern("has word", s, re.compile(rf"(?<!\w){re.escape(s)}(?!\w)", flags)))
             else:
                 out.append(Pattern("contains", s, re.compile(re.escape(s), flags)))
     if ok and not out:
@@ -173,8 +180,10 @@ def _any_of(subject: str, patterns: list[Pattern]) -> str:
             groups[-1][1].append(shown)
         else:
             groups.append((p.how, [shown]))
-    parts = [f"{subject} {how} " + (f"{', '.join(xs[:-1])} or {xs[-1]}" if len(xs) > 1
-                                     else xs[0]) for how, xs in groups]
+    parts = [
+        f"{subject} {how} " + (f"{', '.join(xs[:-1])} or {xs[-1]}" if len(xs) > 1 else xs[0])
+        for how, xs in groups
+    ]
     return parts[0] if len(patterns) == 1 else "(" + " or ".join(parts) + ")"
 
 
@@ -201,8 +210,7 @@ class TextCond:
     def trigger(self) -> Trigger:
         if any(p.needles is None for p in self.patterns):
             return None
-        return frozenset(("text", self.name, p.folded, n) for p in self.patterns
-                         for n in p.needles)  # type: ignore[union-attr]
+        return frozenset(("text", self.name, p.folded, n) for p in self.patterns for n in p.needles)  # type: ignore[union-attr]
 
 
 def parse_text(r: Reader, k: str, v: Any, m: Any) -> TextCond | None:
@@ -222,8 +230,7 @@ class HeaderCond(Unindexed):
     def test(self, view: View) -> Matched | None:
         values = view.msg.headers.get(self.name) or []
         if self.present is not None:
-            return [(self.describe(), values[0] if values else "")] \
-                if bool(values) == self.present else None
+            return [(self.describe(), values[0] if values else "")] if bool(values) == self.present else None
         for value in values:
             for p in self.patterns:
                 got = p.search(value)

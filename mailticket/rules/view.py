@@ -72,8 +72,9 @@ class View:
         t = self._text.get(name)
         if t is None:
             m = self.msg
-            t = self._text[name] = (m.subject if name == "subject" else m.text if name == "body"
-                                    else m.new_text) or ""
+            t = self._text[name] = (
+                m.subject if name == "subject" else m.text if name == "body" else m.new_text
+            ) or ""
         return t
 
     def folded(self, name: str) -> str:
@@ -87,8 +88,15 @@ class View:
         got = self._addresses.get(name)
         if got is None:
             m = self.msg
-            addrs = ([m.from_] if m.from_ else []) if name == "from" else m.to if name == "to" \
-                else m.cc if name == "cc" else [*m.to, *m.cc]
+            addrs = (
+                ([m.from_] if m.from_ else [])
+                if name == "from"
+                else m.to
+                if name == "to"
+                else m.cc
+                if name == "cc"
+                else [*m.to, *m.cc]
+            )
             got = []
             for a in addrs:
                 email = a.email.lower()
