@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, outbox, tickets
+from . import __version__, auth, outbox, tickets
 from . import inbox as durable_inbox  # `inbox` is the name of a command group below
 from .app import App, load_config, missing_templates, open_app
 from .config import DEFAULT_PATH
@@ -171,7 +171,12 @@ folder = "var/outgoing"
 rules = "rules"
 templates = "templates"        # your own templates override the shipped ones
 attachments = "var/attachments"
+
+[agents]
+secret_file = "var/agent-secret"   # signs agents' reply addresses; `init` wrote it (mode 0600)
 """
+
+AGENT_SECRET = "var/agent-secret"  # relative to the config's folder, as CONFIG_TEMPLATE says
 
 
 @main.command()
@@ -209,6 +214,8 @@ def init(obj: Ctx, directory: str | None, address: str, name: str, force: bool) 
     else:
         cfg_file.write_text(CONFIG_TEMPLATE.format(name=name, address=address), encoding="utf-8")
         click.echo(f"wrote {cfg_file}")
+    if auth.write_secret(target / AGENT_SECRET):
+        click.echo(f"wrote a random agent secret to {target / AGENT_SECRET} (mode 0600)")
     rules_dir = target / "rules"
     if not rules_dir.exists() and SAMPLE_RULES.is_dir():
         with resources.as_file(SAMPLE_RULES) as sample:  # a folder on disk (a zip too, Python 3.12+)
@@ -428,6 +435,134 @@ def ticket_show(obj: Ctx, number: int, as_json: bool) -> None:
     click.echo("\nhistory:")
     for e in data["events"]:
         click.echo(f"  {e['at']}  {e['actor']:<24} {e['kind']} {json.dumps(e['detail'], ensure_ascii=False)}")
+
+
+# --- agents ------------------------------------------------------------------------------
+
+
+@main.group("agents")
+def agents_group() -> None:
+    """Agents, their groups and tiers: add, list, set, remove."""
+
+
+def agent_errors(call, *args, **kwargs):
+    """Run an `agents` library call; its AgentError is one line and exit 1."""
+    from .errors import AgentError
+
+    try:
+        return call(*args, **kwargs)
+    except AgentError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def show_agents(rows, as_json: bool, with_state: bool = False) -> None:
+    from . import agents
+
+    if as_json:
+        emit_json([agents.as_dict(a) for a in rows])
+        return
+    headers = ["email", "name", "groups", "tier", "language"] + (["active"] if with_state else [])
+    table(
+        [
+            [a.email, a.name, ", ".join(a.groups or []), a.tier, a.language or "-"]
+            + (["yes" if a.active else "removed"] if with_state else [])
+            for a in rows
+        ],
+        headers,
+    )
+
+
+tier_option = click.option(
+    "--tier", type=click.IntRange(1, 3), help="The agent's tier: 1 first line, 2 second line, 3 experts."
+)
+language_option = click.option(
+    "--language", metavar="LANG", help="Language of the notifications they get (en, fr, ...)."
+)
+
+
+@agents_group.command("add")
+@click.argument("email")
+@click.option("--name", required=True, help="The agent's name, as `#assign NAME` and the history use it.")
+@click.option("--group", "groups", multiple=True, metavar="G", help="A group they belong to (repeatable).")
+@tier_option
+@language_option
+@click.pass_obj
+def agents_add(obj: Ctx, email: str, name: str, groups, tier: int | None, language: str | None) -> None:
+    """Make EMAIL an agent (again, when they were removed).
+
+    The helpdesk's own addresses are never agents.
+    """
+    from . import agents
+
+    app = obj.app(processing=False)
+    agent = agent_errors(
+        agents.add,
+        email,
+        name=name,
+        groups=groups,
+        tier=tier or 1,
+        language=language or "",
+        config=app.config,
+    )
+    show_agents([agent], as_json=False)
+
+
+@agents_group.command("list")
+@json_option
+@click.option("--all", "include_removed", is_flag=True, help="Removed agents too.")
+@click.pass_obj
+def agents_list(obj: Ctx, as_json: bool, include_removed: bool) -> None:
+    """List the agents by address, with their groups, tier and language.
+
+    With --json, a list of {"email", "name", "groups", "tier", "language", "active"}.
+    """
+    from . import agents
+
+    obj.app(processing=False)
+    show_agents(agents.listing(include_removed), as_json, with_state=include_removed)
+
+
+@agents_group.command("set")
+@click.argument("email")
+@click.option("--name", help="A new name.")
+@click.option("--group", "groups", multiple=True, metavar="G", help="Replace their groups (repeatable).")
+@click.option("--add-group", multiple=True, metavar="G", help="Add them to a group (repeatable).")
+@click.option("--remove-group", multiple=True, metavar="G", help="Take them out of a group (repeatable).")
+@tier_option
+@language_option
+@click.pass_obj
+def agents_set(obj: Ctx, email: str, name, groups, add_group, remove_group, tier, language) -> None:
+    """Change agent EMAIL: name, groups, tier, language."""
+    from . import agents
+
+    if not (name or groups or add_group or remove_group or tier or language is not None):
+        raise click.UsageError(
+            "nothing to change: give --name, --group, --add-group, --remove-group, --tier or --language"
+        )
+    obj.app(processing=False)
+    agent = agent_errors(
+        agents.update,
+        email,
+        name=name,
+        groups=groups or None,
+        add_groups=add_group,
+        remove_groups=remove_group,
+        tier=tier,
+        language=language,
+    )
+    show_agents([agent], as_json=False)
+
+
+@agents_group.command("remove")
+@click.argument("email")
+@click.pass_obj
+def agents_remove(obj: Ctx, email: str) -> None:
+    """Remove agent EMAIL: no more notifications or authority; their history stays."""
+    from . import agents
+
+    obj.app(processing=False)
+    agent = agent_errors(agents.remove, email)
+    click.echo(f"removed {agent.email} ({agent.name}); `agents add` makes them an agent again")
 
 
 # --- outbox ------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .errors import ConfigError
 from .states import PRIORITIES
 
-_Section = typing.TypeVar("_Section", "Outgoing", "Paths", "Smtp", "Imap")  # _resolve's sections
+_Section = typing.TypeVar("_Section", "Outgoing", "Paths", "Smtp", "Imap", "Agents")  # _resolve's sections
 
 DEFAULT_PATH = "mailticket.toml"
 ENV_VAR = "MAILTICKET_CONFIG"
@@ -153,9 +153,15 @@ class Sla:
 
 @dataclass(frozen=True)
 class Agents:
-    auth: str = "signed"  # signed | none
+    # signed: an agent's mail needs a proof (auth.py); none: mail never acts as an agent.
+    auth: str = "signed"
+    # The signing secret: this environment variable when set, else this file (auth.secret).
     secret_env: str = "MAILTICKET_AGENT_SECRET"
-    addresses: tuple[str, ...] = ()
+    secret_file: str = ""
+    # The receiving MTA's authserv-id whose Authentication-Results we trust (DKIM or
+    # DMARC aligned with the agent's domain stands in for a signature); empty: none.
+    authserv_id: str = ""
+    reply_days: int = 30  # days a signed reply address stays valid
 
 
 @dataclass(frozen=True)
@@ -207,7 +213,7 @@ class Config:
     def accepts(self, recipient: str) -> bool:
         """Is mail to `recipient` for us (the listener's RCPT, `ingest --recipient`)?
 
-        Our addresses, any address in `[smtp] domains`, and postmaster at any of our
+        Our addresses with any plus tag, any address in `[smtp] domains`, and postmaster at any of our
         domains or bare (RFC 5321 4.5.1 requires it).  Anything else would make us an
         open relay.
         """
@@ -215,7 +221,9 @@ class Config:
         local, _, domain = address.rpartition("@")
         if not local:  # the bare <postmaster>
             return domain == "postmaster"
-        if address in self.our_addresses() or domain in self.our_domains():
+        # Subaddressing (RFC 5233): support+tag@ is support@ (auth.py signs such tags).
+        base = local.partition("+")[0]
+        if f"{base}@{domain}" in self.our_addresses() or domain in self.our_domains():
             return True
         return local == "postmaster" and domain in self.our_domains(with_addresses=True)
 
@@ -248,6 +256,7 @@ _RANGES: dict[tuple[str, str], tuple[int | None, int | None]] = {
     ("imap", "poll_interval"): (1, None),
     ("daemon", "outbox_interval"): (1, None),
     ("daemon", "drain_seconds"): (1, None),
+    ("agents", "reply_days"): (1, None),
 }
 _PATH_KEYS = {
     ("outgoing", "folder"),
@@ -259,6 +268,7 @@ _PATH_KEYS = {
     ("imap", "password_file"),
     ("outgoing", "password_file"),
     ("outgoing", "tls_ca_file"),
+    ("agents", "secret_file"),
 }
 
 
@@ -447,6 +457,7 @@ def _resolve(cfg: Config, base: Path, path: str) -> Config:
         paths=fix(cfg.paths, "paths"),
         smtp=fix(cfg.smtp, "smtp"),
         imap=tuple(fix(i, "imap") for i in cfg.imap),
+        agents=fix(cfg.agents, "agents"),
         database=Database(url=url),
         path=path,
     )

@@ -233,7 +233,23 @@ def _v2(db: peewee.Database) -> None:
     db.create_tables([models.Outbox, models.Bounced], safe=True)  # missing tables and indexes
 
 
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1, _v2]
+def _v3(db: peewee.Database) -> None:
+    """Agent.groups and Agent.language (issue 11: groups, tiers, notifications in the
+    agent's language).  Skipped where a newer `_v1` made them already."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    present = {c.name for c in db.get_columns("agent")}
+    migrator = SchemaMigrator.from_database(db)
+    migrate(
+        *(
+            migrator.add_column("agent", name, field)
+            for name, field in (("groups", models.Agent.groups), ("language", models.Agent.language))
+            if name not in present
+        )
+    )
+
+
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -34,3 +34,8 @@ class TemplateError(MailticketError):
 
 class TicketError(MailticketError):
     """A change a ticket cannot take: an unknown status, priority or attribute."""
+
+
+class AgentError(MailticketError):
+    """An agent cannot be added or changed: the helpdesk's own address, a tier outside 1..3,
+    an unknown agent or one that exists already."""

@@ -214,11 +214,16 @@ class Outbox(BaseModel):
 
 
 class Agent(BaseModel):
+    """A person who works tickets (`agents.py`); removing one keeps the row (active False),
+    so that the history still names them."""
+
     id = peewee.AutoField()
-    email = CharField(unique=True)
+    email = CharField(unique=True)  # lower-case
     name = CharField(default="")
     tier = peewee.IntegerField(default=1)
     active = peewee.BooleanField(default=True)
+    groups = JSONField(default=list)  # group names, sorted (schema v3)
+    language = CharField(max_length=16, default="")  # for notifications; "" = the helpdesk's (schema v3)
 
 
 class ImapState(BaseModel):

@@ -1,6 +1,6 @@
 """The pipeline: what happens to one stored message, step by step (docs/architecture.md section 1).
 
-    parse -> dedupe -> guard -> thread -> route -> record -> notify
+    parse -> dedupe -> guard -> authenticate -> thread -> route -> record -> notify
 
 `intake` calls `Pipeline.run(row)` inside a transaction (a savepoint when it
 batches) and commits.  Each step is a small function of `(run, env)` that reads
@@ -23,11 +23,12 @@ collect in `Run.events` and are written in one INSERT when the message is done.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from . import dedupe, models, notify, tickets
+from . import auth, dedupe, models, notify, tickets
 from .attachments import AttachmentStore
 from .clock import Clock, SystemClock
 from .config import Config
@@ -36,6 +37,8 @@ from .parsers import MailClass, ParsedMessage
 from .parsers.message import parse as parse_bytes
 from .rules import Evaluation, RuleContext, RuleSet
 from .tokens import clean_subject, token_format
+
+log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE = "general"  # where a ticket goes when neither its mailbox nor a rule says
 
@@ -94,6 +97,11 @@ class Run:
     reason: str = ""
     events: list[dict] = field(default_factory=list)
     reused_from: int | None = None  # the inbox row whose Message-ID this other message reuses
+    # `authenticate`: "agent" (an active agent, proven), "forged" (an agent's From without
+    # proof, or a signed reply address that does not verify) or "customer".
+    verdict: str = "customer"
+    agent: models.Agent | None = None  # the proven agent, when the verdict is "agent"
+    signed: auth.Signed | None = None  # the signed reply address among the recipients
 
     @property
     def pm(self) -> ParsedMessage:
@@ -132,7 +140,6 @@ class Env:
         self.templates = templates or notify.Templates(config.paths.templates)
         self.attachments = AttachmentStore(config.paths.attachments)
         self.tokens = token_format(config.helpdesk.token)
-        self.agents = frozenset(a.lower() for a in config.agents.addresses)
         self.business_hours = config.business_hours()
         # Whether any address is marked as bounced: the worker asks once per batch, so a
         # customer's reply costs no DELETE of a mark that almost never exists.
@@ -189,6 +196,62 @@ def guard(run: Run, env: Env) -> None:
         run.no_ack = run.no_ack or "historic import"
 
 
+def authenticate(run: Run, env: Env) -> None:
+    """Is this an agent's mail?  Never by From alone (auth.py): an active agent's From and
+    a reply address signed for that From, or our MTA's aligned Authentication-Results.
+
+    An agent's From without that proof, or a signed address that does not verify, is
+    "forged": logged, and a `security` event on the ticket the tag or the token names.
+    The verdict, when not "customer", is in the result's reason.
+    """
+    from . import agents
+
+    pm, cfg, hd = run.pm, env.config.agents, env.config.helpdesk.address
+    if cfg.auth == "none" or not run.sender or env.config.is_ours(run.sender):
+        return  # our own addresses are never agents (`guard` suppresses them)
+    addresses = [a.email for a in (*pm.to, *pm.cc)]
+    if run.row.mailbox and "@" in run.row.mailbox:  # the envelope recipient
+        addresses.append(run.row.mailbox)
+    agent, tagged = agents.by_address(run.sender), auth.carries_tag(addresses, hd)
+    if agent is None and not tagged:
+        return  # the usual customer's mail: no secret to read, nothing to verify
+    if tagged:
+        run.signed = auth.verify(
+            addresses, run.sender, now=env.clock.now(), secret=auth.secret(env.config), helpdesk_address=hd
+        )
+    signed = run.signed
+    how = "signed reply address" if signed is not None and signed.valid else ""
+    if agent is not None and not how and cfg.authserv_id:
+        results = pm.headers.get("authentication-results", [])
+        domain = run.sender.rpartition("@")[2]
+        if auth.aligned(results, authserv_id=cfg.authserv_id, domain=domain):
+            how = f"Authentication-Results of {cfg.authserv_id}"
+    if agent is not None and how:
+        run.verdict, run.agent = "agent", agent
+        run.note(f"auth: agent {agent.email} ({how})")
+        return
+    if agent is None and (signed is None or signed.valid):
+        return  # a valid signature for someone no longer an agent: a customer's mail
+    if signed is not None and not signed.valid:
+        why = signed.why
+    else:
+        why = "no signed reply address" + (" nor aligned Authentication-Results" if cfg.authserv_id else "")
+    run.verdict = "forged"
+    run.note(f"auth: forged agent mail from {run.sender}: {why}")
+    log.warning(
+        "inbox #%s %s: forged agent mail from %s: %s",
+        run.row.id,
+        (pm.message_id or "")[:200],
+        run.sender,
+        why,
+    )
+    number = signed.ticket if signed is not None else env.tokens.find(pm.subject)
+    named = tickets.by_number(number) if number else None
+    if named is not None:
+        detail = {"verdict": "forged", "sender": run.sender, "why": why, "inbox": run.row.id}
+        run.event(named, "system", "security", detail)
+
+
 def thread(run: Run, env: Env) -> None:
     pm = run.pm
     ids = pm.thread_ids
@@ -212,7 +275,9 @@ def thread(run: Run, env: Env) -> None:
     number = env.tokens.find(pm.subject)
     named = tickets.by_number(number) if number else None
     if named is not None:
-        if tickets.may_write(named, run.sender, lambda: set(referenced().values()), env.agents):
+        if tickets.may_write(
+            named, run.sender, lambda: set(referenced().values()), agent=run.verdict == "agent"
+        ):
             run.ticket = named
         else:
             # A stranger quoting a token opens a ticket of their own, linked to it.
@@ -451,6 +516,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("parse", parse),
     ("dedupe", dedupe_step),
     ("guard", guard),
+    ("authenticate", authenticate),
     ("thread", thread),
     ("route", route),
     ("record", record),

@@ -164,16 +164,11 @@ def names_our_mail(ids: list[str], domain: str, known: dict[str, int]) -> bool:
     return bool(known) and bool(models.outgoing_message_ids(list(known)))
 
 
-def is_agent(address: str, configured: frozenset[str]) -> bool:
-    return address in configured or models.is_active_agent(address)
-
-
-def may_write(
-    ticket: Ticket, sender: str, referenced: Callable[[], set[int]], agents: frozenset[str]
-) -> bool:
+def may_write(ticket: Ticket, sender: str, referenced: Callable[[], set[int]], *, agent: bool) -> bool:
     """Whether `sender` may add to `ticket` on the strength of a subject token.
 
-    The requester, a CC of the ticket and an agent may; anyone else only when the
+    The requester, a CC of the ticket and an authenticated agent (`agent`: the pipeline's
+    verdict, never the From alone) may; anyone else only when the
     message's References point at a message of this very ticket (`referenced()`: the
     tickets its In-Reply-To/References name, looked up only when needed; someone the
     customer forwarded our thread to, replying within it).
@@ -182,7 +177,7 @@ def may_write(
         return True
     if ticket.number in referenced():
         return True
-    return bool(sender) and is_agent(sender, agents)
+    return agent
 
 
 def listing(

@@ -104,7 +104,7 @@ def test_schema_v1_database_migrates(helpdesk):
     db.close()
     db = open_database(helpdesk.db_url)
     try:
-        assert schema_version(db) == SCHEMA_VERSION == 2
+        assert schema_version(db) == SCHEMA_VERSION  # every later migration ran too
         assert db.execute_sql("SELECT to_domain FROM outbox").fetchone()[0] == "customer.test"
         assert Bounced.select().count() == 0
         assert "outbox_to_domain_created_at" in {i.name for i in db.get_indexes("outbox")}

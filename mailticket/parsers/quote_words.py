@@ -88,10 +88,32 @@ HEADER_SENT = (
     r"送信日時", r"发送时间", r"寄件日期", r"日期",
 )  # fmt: skip
 HEADER_TO = (
-    r"To", r"Subject", r"Cc", r"À", r"A", r"Objet", r"Aan", r"Onderwerp", r"An",
-    r"Betreff", r"Para", r"Asunto", r"Oggetto", r"Assunto", r"Do", r"Temat", r"Till",
-    r"Ämne", r"Кому", r"Тема", r"宛先", r"件名", r"收件人", r"主题", r"收件者", r"主旨",
+    r"To", r"Cc", r"À", r"A", r"Aan", r"An", r"Para", r"Do", r"Till", r"Кому", r"宛先",
+    r"收件人", r"收件者",
 )  # fmt: skip
+HEADER_SUBJECT = (
+    r"Subject", r"Objet", r"Onderwerp", r"Betreff", r"Asunto", r"Oggetto", r"Assunto",
+    r"Temat", r"Ämne", r"Тема", r"件名", r"主题", r"主旨",
+)  # fmt: skip
+
+# The rule above an inline forward, between dashes: Gmail "---------- Forwarded message
+# ---------", Thunderbird "-------- Forwarded Message --------", in their translations.
+FORWARDED = (
+    r"Forwarded message",
+    r"Message transféré",
+    r"Doorgestuurd bericht",
+    r"Weitergeleitete Nachricht",
+)
+# Apple Mail's line above a forward, without dashes and ending with a colon.
+FORWARD_INTRO = (
+    r"Begin forwarded message",
+    r"Début du message réexpédié",
+    r"Begin doorgestuurd bericht",
+    r"Anfang der weitergeleiteten Nachricht",
+)
+# A forward's subject prefix, as Outlook writes it (Gmail, Apple Mail and Thunderbird
+# write "Fwd:"): an Outlook header block is a forward, not a reply, only under one.
+FORWARD_PREFIX = (r"Fwd?", r"TR", r"WG", r"Doorst", r"RV", r"ENC", r"I", r"VB", r"PD")
 
 # A mobile client's stamp that ends the new text, from its start to "iPhone" or so.
 # Each starts with a letter, not a regex sign (`quotes` looks ahead for first letters).

@@ -88,8 +88,10 @@ _DIGIT_OR_AT = re.compile(r"[0-9@]")
 _MIN_WRAPPED = 25
 _MAX_ATTRIBUTION = 400
 
+# Also the rule above an inline forward: the forwarder's note is the new text.
 _ORIGINAL_MESSAGE = re.compile(
-    rf"^\s*-{{2,}}\s*(?:{_any(words.ORIGINAL_MESSAGE)})\s*-{{2,}}\s*$", re.IGNORECASE
+    rf"^\s*-{{2,}}\s*(?:{_any(words.ORIGINAL_MESSAGE + words.FORWARDED)})\s*-{{2,}}\s*$",
+    re.IGNORECASE,
 )
 _UNDERSCORES = re.compile(r"^\s*_{20,}\s*$")
 
@@ -97,9 +99,10 @@ _UNDERSCORES = re.compile(r"^\s*_{20,}\s*$")
 # (often non-breaking) space before the colon; Chinese may use a full-width colon.
 _C = r"[ \u00a0]?[:\uff1a]"
 _FROM = _any(words.HEADER_FROM)
+_TO_OR_SUBJECT = words.HEADER_TO + words.HEADER_SUBJECT
 _HDR_FROM = re.compile(rf"^\s*\*?(?:{_FROM}){_C}\*?\s", re.IGNORECASE)
 _HDR_SENT = re.compile(rf"^\s*\*?(?:{_any(words.HEADER_SENT)}){_C}", re.IGNORECASE)
-_HDR_TO = re.compile(rf"^\s*\*?(?:{_any(words.HEADER_TO)}){_C}", re.IGNORECASE)
+_HDR_TO = re.compile(rf"^\s*\*?(?:{_any(_TO_OR_SUBJECT)}){_C}", re.IGNORECASE)
 # The same block flattened onto one line, as some HTML converts; searched in three
 # steps, as one regex with two `.{1,300}` backtracks quadratically on hostile lines.
 # Labels that are common words inside a sentence ("Date:", "A:", "Do:") are left out.
@@ -110,7 +113,7 @@ _ONE_LINE_SENT = re.compile(
     re.IGNORECASE,
 )
 _ONE_LINE_TO = re.compile(
-    rf"(?<!\w)(?:{_any(tuple(w for w in words.HEADER_TO if w not in _IN_SENTENCES))}){_C}",
+    rf"(?<!\w)(?:{_any(tuple(w for w in _TO_OR_SUBJECT if w not in _IN_SENTENCES))}){_C}",
     re.IGNORECASE,
 )
 
