@@ -1,6 +1,9 @@
 """The pipeline: what happens to one stored message, step by step (docs/architecture.md section 1).
 
-    parse -> dedupe -> guard -> authenticate -> thread -> route -> record -> notify
+    parse -> dedupe -> guard -> authenticate -> thread -> agent -> route -> record -> notify
+
+An authenticated agent's mail ends at `agent` (actions.py does the reply, the note,
+the commands or the forward's new ticket): no rules, no acknowledgement.
 
 `intake` calls `Pipeline.run(row)` inside a transaction (a savepoint when it
 batches) and commits.  Each step is a small function of `(run, env)` that reads
@@ -28,12 +31,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from . import auth, dedupe, models, notify, tickets
+from . import actions, auth, dedupe, models, notify, tickets
 from .attachments import AttachmentStore
 from .clock import Clock, SystemClock
 from .config import Config
 from .models import Inbox, Ticket
-from .parsers import MailClass, ParsedMessage
+from .parsers import MailClass, ParsedMessage, commands, forward
 from .parsers.message import parse as parse_bytes
 from .rules import Evaluation, RuleContext, RuleSet
 from .tokens import clean_subject, token_format
@@ -144,6 +147,29 @@ class Env:
         # Whether any address is marked as bounced: the worker asks once per batch, so a
         # customer's reply costs no DELETE of a mark that almost never exists.
         self.bounce_marks = True
+        self._agents: list | None = None
+        self._secret: bytes | None = None
+
+    def new_batch(self) -> None:
+        """What is read once per worker batch is read again: agents and bounce marks."""
+        self.bounce_marks = models.any_bounced()
+        self._agents = None
+
+    def active_agents(self) -> list:
+        """The active agents, read once per batch (a query per message would cost 7%)."""
+        if self._agents is None:
+            from . import agents
+
+            self._agents = agents.listing()
+        return self._agents
+
+    def agent_secret(self) -> bytes:
+        """The signing secret, read once (a file read per notification would cost)."""
+        if self._secret is None:
+            from . import auth
+
+            self._secret = auth.secret(self.config)
+        return self._secret
 
 
 # --- the steps ---------------------------------------------------------------------------
@@ -204,20 +230,20 @@ def authenticate(run: Run, env: Env) -> None:
     "forged": logged, and a `security` event on the ticket the tag or the token names.
     The verdict, when not "customer", is in the result's reason.
     """
-    from . import agents
-
     pm, cfg, hd = run.pm, env.config.agents, env.config.helpdesk.address
     if cfg.auth == "none" or not run.sender or env.config.is_ours(run.sender):
         return  # our own addresses are never agents (`guard` suppresses them)
     addresses = [a.email for a in (*pm.to, *pm.cc)]
     if run.row.mailbox and "@" in run.row.mailbox:  # the envelope recipient
         addresses.append(run.row.mailbox)
-    agent, tagged = agents.by_address(run.sender), auth.carries_tag(addresses, hd)
+    sender = run.sender.lower()
+    agent = next((a for a in env.active_agents() if a.email == sender), None)
+    tagged = auth.carries_tag(addresses, hd)
     if agent is None and not tagged:
         return  # the usual customer's mail: no secret to read, nothing to verify
     if tagged:
         run.signed = auth.verify(
-            addresses, run.sender, now=env.clock.now(), secret=auth.secret(env.config), helpdesk_address=hd
+            addresses, run.sender, now=env.clock.now(), secret=env.agent_secret(), helpdesk_address=hd
         )
     signed = run.signed
     how = "signed reply address" if signed is not None and signed.valid else ""
@@ -297,6 +323,68 @@ def thread(run: Run, env: Env) -> None:
         if run.suppressed:
             raise Stop("suppressed", run.suppressed)
         run.is_new = True
+
+
+def agent(run: Run, env: Env) -> None:
+    """An agent's mail: a note, commands, a reply to relay, or a forward to open a ticket
+    with (actions.py); the pipeline ends here for it (`Stop`), outcome `note`,
+    `commands`, `agent-reply` or `created`.
+
+    The ticket is the one the signed reply address names, else the subject token's.  An
+    agent's auto-reply (out-of-office) to a notification is recorded, never relayed.
+    Forged agent mail goes on as an ordinary message of its sender's, with no
+    acknowledgement (a forger must not make us mail anyone) and its commands ignored.
+    """
+    if run.verdict == "forged":
+        run.no_ack = run.no_ack or "forged agent mail"
+        return
+    if run.verdict != "agent" or run.agent is None:
+        return
+    pm, now, who = run.pm, env.clock.now(), run.agent
+    signed = run.signed if run.signed is not None and run.signed.valid else None
+    number = signed.ticket if signed is not None else env.tokens.find(pm.subject)
+    t = (tickets.by_number(number) if number else None) or run.ticket
+    if t is not None and run.kind in ("auto-reply", "bounce"):
+        run.ticket = t
+        run.events += tickets.add_message(t, *_message(run, env, pm.new_text), actor=who.email, now=now)
+        run.note(f"{run.kind} of agent {who.email}: recorded, not relayed")
+        raise Stop("suppressed", run.reason)
+    message, files = _message(run, env, "")
+    if t is None:
+        original = forward.find(pm)
+        if original is None:
+            return  # a fresh mail of an agent's, with no ticket: an ordinary message
+        run.ticket = actions.open_ticket(
+            requester=original.sender,
+            name=original.name,
+            subject=clean_subject(original.subject or pm.subject),
+            text=original.text,
+            channel="email",
+            agent=who,
+            now=now,
+            env=env,
+            message_id=message["message_id"],
+        )
+        run.note(f"opened for {original.sender}, forwarded by {who.email}")
+        raise Stop("created", run.reason)
+    run.ticket = t
+    found, text = commands.parse(pm.new_text)
+    is_note = (signed is not None and signed.purpose == "note") or any(c.name == "note" for c in found)
+    acting = [c for c in found if c.name != "note"]
+    outcome = "commands"
+    if acting:
+        outcomes = actions.apply(t, acting, agent=who, now=now, env=env)
+        actions.confirm(t, agent=who, outcomes=outcomes, now=now, env=env)
+        run.note(f"commands: {sum(o.ok for o in outcomes)} done, {sum(not o.ok for o in outcomes)} refused")
+    if text.strip() and is_note:
+        actions.note(t, agent=who, text=text.strip(), attachments=files, now=now, env=env)
+        outcome = "note"
+    elif text.strip():
+        actions.reply(t, agent=who, text=text.strip(), attachments=files, now=now, env=env)
+        outcome = "agent-reply"
+    elif not acting:
+        run.note("no text and no command: nothing to do")
+    raise Stop(outcome, run.reason)
 
 
 def rule_context(
@@ -462,26 +550,33 @@ def _message(run: Run, env: Env, text: str) -> tuple[dict, list[dict]]:
 
 
 def notify_step(run: Run, env: Env) -> None:
-    """Queue the acknowledgement of a new ticket, and the notifications rules asked for."""
+    """Tell the agents of a new ticket (and whom its rules' `notify:` names) or of a
+    customer's reply (notify.notify_agents); queue the acknowledgement of a new ticket.
+
+    An agent's own mail is the `agent` step's; a historic import tells no one."""
+    pm, cfg, now = run.pm, env.config, env.clock.now()
+    tell = run.verdict != "agent" and not run.row.silent
     if not run.is_new:
+        if tell and run.kind == "customer" and run.ticket is not None and run.outcome == "appended":
+            run.events += notify.notify_agents(
+                run.ticket, why="customer-reply", text=pm.new_text, author=run.sender, now=now, env=env
+            )
         return
-    decision, pm, cfg, now = run.evaluated.decision, run.pm, env.config, env.clock.now()
+    decision = run.evaluated.decision
     assert run.ticket is not None  # `record` created it
     for t in [run.ticket, *run.extra_tickets]:
         token = env.tokens.format(t.number)
-        if decision.notify:
-            events = notify.notify_targets(
+        if tell:
+            run.events += notify.notify_agents(
                 t,
-                decision.notify,
-                token=token,
+                why="created",
                 text=pm.new_text,
-                rules=[h.rule for h in run.evaluated.hits],
-                helpdesk=cfg.helpdesk,
-                templates=env.templates,
+                author=run.sender,
                 now=now,
+                env=env,
+                also=decision.notify,
+                rules=tuple(h.rule for h in run.evaluated.hits),
             )
-            for actor, kind, detail in events:
-                run.event(t, actor, kind, detail)
         if run.no_ack and not run.row.silent:
             run.event(t, "system", "ack-skipped", {"why": run.no_ack})
             if t is run.ticket:
@@ -518,6 +613,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("guard", guard),
     ("authenticate", authenticate),
     ("thread", thread),
+    ("agent", agent),
     ("route", route),
     ("record", record),
     ("notify", notify_step),

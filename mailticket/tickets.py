@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import cast
 
 from . import models, notify, states
 from .errors import TicketError
@@ -126,6 +127,12 @@ def _insert_message(ticket: Ticket, message: dict, attachments: Iterable[dict], 
 
 def by_number(number: int) -> Ticket | None:
     return models.get(Ticket, number)
+
+
+def last_customer_message(ticket: Ticket) -> Message | None:
+    """The customer's newest message on `ticket`, which an agent's reply answers."""
+    query = ticket.messages.where((Message.direction == "in") & (Message.kind == "customer"))
+    return query.order_by(Message.id.desc()).first()
 
 
 def by_message_ids(ids: list[str], known: dict[str, int] | None = None) -> tuple[Ticket | None, str | None]:
@@ -252,3 +259,86 @@ def as_dict(ticket: Ticket, *, full: bool = True) -> dict:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+# --- what a notification shows: the history and the customer's other tickets -------------
+
+HISTORY_ENTRIES = 10  # the newest messages and notes a notification shows
+HISTORY_CHARS = 1500  # of each one's new text
+# Extracted fields that name a unit (a device, a contract): tickets sharing a value of
+# one of them are that unit's history.
+UNIT_FIELDS = ("serial", "account")
+
+
+def history(ticket: Ticket, *, limit: int = HISTORY_ENTRIES, new_text: str | None = None) -> list[dict]:
+    """The ticket's messages and notes, newest first: who, when, kind, their new text (at
+    most HISTORY_CHARS), and the verdict on an agent's: "agent" for an agent's reply or
+    note (only a proven agent makes one), "forged" for a message its `security` event
+    names.  Our acknowledgements (kind `system`) are not history; nor is the newest
+    message when its text is `new_text` (a notification shows that one on its own)."""
+    columns = (Message.inbox, Message.kind, Message.from_addr, Message.from_name, Message.date)
+    rows = cast(
+        "list[dict]",  # .dicts(): peewee's stubs keep the model type
+        list(
+            Message.select(*columns, Message.created_at, Message.text)
+            .where((Message.ticket == ticket.number) & (Message.kind != "system"))
+            .order_by(Message.id.desc())
+            .limit(limit)
+            .dicts()
+        ),
+    )
+    if rows and new_text is not None and rows[0]["text"] == new_text:
+        rows = rows[1:]
+    inboxes = {m["inbox"] for m in rows if m["inbox"] is not None}
+    forged = set()
+    if inboxes:
+        security = Event.select(Event.detail).where(
+            (Event.ticket == ticket.number) & (Event.kind == "security")
+        )
+        forged = {e.detail.get("inbox") for e in security} & inboxes
+    out = []
+    for m in rows:
+        text, kind = m["text"] or "", m["kind"]
+        verdict = "agent" if kind in ("agent-reply", "note") else "forged" if m["inbox"] in forged else ""
+        out.append(
+            {
+                "at": m["date"] or m["created_at"],
+                "who": f"{m['from_name']} <{m['from_addr']}>" if m["from_name"] else m["from_addr"],
+                "kind": kind,
+                "text": text if len(text) <= HISTORY_CHARS else text[:HISTORY_CHARS] + " [...]",
+                "verdict": verdict,
+            }
+        )
+    return out
+
+
+def previous(ticket: Ticket, *, limit: int = 10) -> list[dict]:
+    """The requester's other tickets (the newest `limit`), then those for the same unit (the
+    same value of a UNIT_FIELDS field, newest `limit` each): number, subject, status,
+    resolved_at, and why ("requester" or "serial=X")."""
+    found: dict[int, dict] = {}
+
+    def add(rows: Iterable[Ticket], why: str) -> None:
+        for t in rows:
+            if t.number != ticket.number and t.number not in found:
+                found[t.number] = {
+                    "number": t.number,
+                    "subject": t.subject,
+                    "status": t.status,
+                    "resolved_at": t.resolved_at,
+                    "why": why,
+                }
+
+    newest = Ticket.select().order_by(Ticket.number.desc())
+    add(newest.where(Ticket.requester == ticket.requester).limit(limit), "requester")
+    for key in UNIT_FIELDS:
+        value = (ticket.fields or {}).get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        # Fields are JSON text on both backends: the pair as JSONField writes it finds
+        # candidates (LIKE; a "_" in the value matches any character), Python confirms.
+        pair = Ticket.fields.db_value({key: value})[1:-1]
+        # (CAST: a bare JSONField would JSON-encode the pattern too.)
+        rows = newest.where(Ticket.fields.cast("TEXT") ** f"%{pair}%").limit(limit * 2)
+        add([t for t in rows if (t.fields or {}).get(key) == value][:limit], f"{key}={value}")
+    return list(found.values())

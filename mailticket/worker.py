@@ -128,7 +128,7 @@ class InboxWorker:
                 # Several daemons on one PostgreSQL database: each takes rows no other
                 # holds, so a message is processed once.
                 rows = todo = list(self._pending(ids, after, size).for_update("FOR UPDATE SKIP LOCKED"))
-            pipeline.env.bounce_marks = models.any_bounced()
+            pipeline.env.new_batch()
             events: list[dict] = []  # the batch's ticket events, written once below
             written = 0
             for row in todo:

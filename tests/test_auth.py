@@ -190,7 +190,7 @@ def test_an_agent_in_the_helpdesks_domain_is_not_our_own_mail(helpdesk, tmp_path
     expires = datetime.now(timezone.utc) + timedelta(days=30)
     [res] = helpdesk.ingest(agent_mail(sender="alice@helpdesk.test", to=signed(agent="alice@helpdesk.test",
                                                                                  expires=expires)))
-    assert res["outcome"] == "appended" and res["ticket"] == first["ticket"]
+    assert res["outcome"] == "agent-reply" and res["ticket"] == first["ticket"]
     assert "auth: agent alice@helpdesk.test" in res["reason"]
     # The helpdesk's own address is still our own mail, never an agent.
     [own] = helpdesk.ingest(mail(sender=HD, subject="loop"))

@@ -37,6 +37,9 @@ from . import quote_words as words
 # Put by `mark_html` where the quoted history starts; letters only, so that the HTML
 # converter passes it through untouched.
 SENTINEL = "xmailticketquotemarkx"
+# The first line of our notifications to agents (notify.MARKER): their reply is what is
+# above the line that holds it, whatever their client did to the quoted copy.
+MARKER = "## Reply above this line ##"
 
 _HTML_QUOTE_START = re.compile(
     r"""<div[^<>]*\bclass=["']?[^"'<>]*\bgmail_quote"""  # Gmail
@@ -152,6 +155,9 @@ def new_text(text: str) -> str:
     cut = text.find(SENTINEL)
     if cut >= 0:
         text = text[:cut]
+    cut = text.find(MARKER)
+    if cut >= 0:  # from the start of its line: "> ## Reply above ...", "*## Reply ..."
+        text = text[: text.rfind("\n", 0, cut) + 1]
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if len(lines) > MAX_LINES:
         lines = lines[:MAX_LINES]
