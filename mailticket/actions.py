@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import agents, models, notify, states, tickets
+from . import agents, models, notifications, notify, states, tickets
 from .errors import TicketError
 from .models import Agent, Ticket
 from .parsers.commands import Command, validate
@@ -159,8 +159,8 @@ def _assign(ticket: Ticket, target: Agent, *, actor: str, now: datetime, env: En
 def _notify(
     ticket: Ticket, *, why: str, text: str, author: str | None, now: datetime, env: Env
 ) -> list[dict]:
-    """The agents' notification of `why` (notify.py), never to `author`; its events."""
-    return notify.notify_agents(ticket, why=why, text=text, author=author, now=now, env=env)
+    """The agents' notification of `why` (notifications.py), never to `author`; its events."""
+    return notifications.notify_agents(ticket, why=why, text=text, author=author, now=now, env=env)
 
 
 # --- replies, notes, confirmations -------------------------------------------------------

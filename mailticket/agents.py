@@ -9,7 +9,7 @@ The helpdesk's own addresses are never agents (`add` refuses them): the pipeline
 an agent's mail from our own looping mail by that.  Removing an agent keeps their row,
 inactive, so that the history still names them; adding them again reactivates it.
 
-`mailticket agents ...` (cli.py) is a thin wrapper over these functions.  They write
+`mailticket agents ...` (cli/admin.py) is a thin wrapper over these functions.  They write
 outside any transaction of their own: each is one statement, or the caller holds one.
 """
 

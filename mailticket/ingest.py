@@ -9,7 +9,7 @@ it stays pending for the daemon), 75 (EX_TEMPFAIL) when one could not be stored,
 MTA retries.  67 (EX_NOUSER) is for a recipient that is not ours (`refused_recipient`),
 checked before anything is read.
 
-The click command (cli.py) is options in, `store_and_process`, output out.
+The click command (cli/mail.py) is options in, `store_and_process`, output out.
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ def test_aligned_authentication_results_stand_in_for_a_signature(desk):
 
 
 def test_an_agents_from_without_a_signature_is_forged(desk, caplog):
-    caplog.set_level(logging.WARNING, logger="mailticket.pipeline")
+    caplog.set_level(logging.WARNING, logger="mailticket.agentmail")
     [res] = desk.ingest(agent_mail())
     assert "auth: forged agent mail from bob@agents.test: no signed reply address" in res["reason"]
     [event] = security_events(desk)

@@ -1,4 +1,4 @@
-"""Notifications to agents (notify.notify_agents), through a real ingest on both backends.
+"""Notifications to agents (notifications.notify_agents), through a real ingest on both backends.
 
 A new ticket a rule assigns notifies the assignee with the attributes, the text, the
 previous tickets and a signed Reply-To; an unassigned ticket with a group notifies its
