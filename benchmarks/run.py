@@ -66,6 +66,7 @@ def main() -> None:
     runs = [
         ["bench_rules.py"],
         ["bench_ingest.py", "--messages", str(n_ingest)],
+        ["bench_agents.py", "--messages", str(n_ingest)],
         ["bench_smtp.py", "--messages", str(n_smtp)],
         ["bench_imap.py", "--messages", str(n_imap)],
         ["bench_daemon.py", "--smtp", str(n_smtp), "--imap", str(n_imap)],

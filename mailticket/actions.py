@@ -174,8 +174,11 @@ def reply(
     Threaded to the customer's last message (In-Reply-To/References, Thread-Index for
     Outlook); stored as an `agent-reply`; the first one stamps `first_response_at`.
     Not automatic mail: a person wrote it, so the automatic-mail limits do not apply.
-    `attachments` are Attachment columns (saved files) for the history.
+    `attachments` are Attachment columns (saved files): kept in the history and sent
+    to the customer with the text.
     """
+    attachments = list(attachments)
+    files = [{k: a[k] for k in ("filename", "content_type", "sha256")} for a in attachments]
     hd = env.config.helpdesk
     token = env.tokens.format(ticket.number)
     parent = tickets.last_customer_message(ticket)
@@ -201,6 +204,7 @@ def reply(
             message_id=msgid,
             now=now,
             automatic=False,
+            attachments=files,
         )
     message = _message(agent, "out", "agent-reply", msgid, rendered.subject, text, to=[ticket.requester])
     message["cc"] = list(ticket.cc or [])

@@ -249,7 +249,18 @@ def _v3(db: peewee.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1, _v2, _v3]
+def _v4(db: peewee.Database) -> None:
+    """Outbox.attachments (issue 11: the files an agent adds go to the customer too).
+    Skipped where a newer `_v1` made it already."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    if "attachments" not in {c.name for c in db.get_columns("outbox")}:
+        migrate(
+            SchemaMigrator.from_database(db).add_column("outbox", "attachments", models.Outbox.attachments)
+        )
+
+
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

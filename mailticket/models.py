@@ -195,6 +195,9 @@ class Outbox(BaseModel):
     body = TextField()
     # Message-ID, In-Reply-To, References, Auto-Submitted, Thread-Index, ...
     headers = JSONField(default=dict)
+    # Files that go with the text: [{filename, content_type, sha256}] in the attachment
+    # store, or NULL for a text-only message (schema v4).
+    attachments = JSONField(null=True)
     message_id = TextField()
     state = CharField(max_length=8, default="queued", index=True)
     attempts = peewee.IntegerField(default=0)

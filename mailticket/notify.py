@@ -168,12 +168,14 @@ def queue(
     message_id: str,
     now: datetime,
     automatic: bool,
+    attachments: list[dict] | None = None,
 ) -> int:
     """Write one outgoing message into the outbox (inside the caller's transaction); its id.
 
     Automatic mail must have passed `automatic_block` first.  Every message goes out
     from the helpdesk's address, which its X-Loop names (RFC 3834 section 3.1.8's
-    advice: recognise our own mail when it comes back)."""
+    advice: recognise our own mail when it comes back).  `attachments` are files of
+    the attachment store that go with the text: `{filename, content_type, sha256}`."""
     return models.insert(
         Outbox,
         dict(
@@ -186,6 +188,7 @@ def queue(
             subject=rendered.subject,
             body=rendered.body,
             headers={**headers, "X-Loop": mail_from},
+            attachments=attachments or None,
             message_id=message_id,
             state="queued",
             next_attempt_at=now,

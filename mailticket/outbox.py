@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import charset as _charset
 from email.header import Header
+from email.message import Message
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.policy import compat32
 from email.utils import format_datetime, formataddr, getaddresses
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import cast
 
 from . import models
+from .attachments import AttachmentStore
 from .clock import Clock
 from .config import Config, Outgoing
 from .db import is_sqlite, writing
@@ -56,13 +60,23 @@ LINE_MAX = 998
 TEXT_MAX = 255
 
 
-def build(row: Outbox, now: datetime) -> bytes:
-    """The wire form of an outbox row; no header line over LINE_MAX, whatever the row holds."""
+def build(row: Outbox, now: datetime, store: AttachmentStore | None = None) -> bytes:
+    """The wire form of an outbox row; no header line over LINE_MAX, whatever the row holds.
+
+    A row with attachments (files of `store`) is multipart/mixed: the text first, then
+    each file, base64, under its own name (RFC 2046 5.1.3, RFC 2183); a text-only row
+    stays one text/plain part, the fast path of every automatic message.
+    """
     body = row.body
     # 7bit when it can be (as most mail clients send it), else quoted-printable UTF-8.
     plain = body.isascii() and all(len(line) <= LINE_MAX for line in body.split("\n"))
     # typeshed takes only a charset name; email.mime.text also takes a Charset instance.
-    msg = MIMEText(body, "plain", "us-ascii" if plain else _UTF8)  # type: ignore[arg-type]
+    text = MIMEText(body, "plain", "us-ascii" if plain else _UTF8)  # type: ignore[arg-type]
+    msg: Message = text
+    if row.attachments:
+        if store is None:
+            raise PermanentFailure("the message has attachments and no attachment store was given")
+        msg = MIMEMultipart("mixed", _subparts=[text, *(_file(a, store) for a in row.attachments)])
     headers = dict(row.headers or {})
     _header(msg, "From", headers.pop("From", None) or row.mail_from)  # with the helpdesk's name
     _header(msg, "To", row.to_addr)
@@ -78,7 +92,21 @@ def build(row: Outbox, now: datetime) -> bytes:
     return data
 
 
-def _header(msg: MIMEText, name: str, value: str) -> None:
+def _file(attachment: dict, store: AttachmentStore) -> MIMEApplication:
+    """One attached file, read back from the store by its hash; base64 whatever it is."""
+    maintype, _, subtype = attachment["content_type"].partition("/")
+    part = MIMEApplication(store.read(attachment["sha256"]), subtype or "octet-stream")
+    if maintype != "application":  # MIMEApplication's encoding, the type the agent sent
+        part.replace_header("Content-Type", attachment["content_type"])
+    name = attachment["filename"] or "attachment"
+    # A non-ASCII name in RFC 2231 form, which every current client reads.
+    part.add_header(
+        "Content-Disposition", "attachment", filename=name if name.isascii() else ("utf-8", "", name)
+    )
+    return part
+
+
+def _header(msg: Message, name: str, value: str) -> None:
     if name.lower() in _TEXT_HEADERS and len(value) > TEXT_MAX:
         value = value[:TEXT_MAX] + "..."  # ASCII: an ASCII subject stays readable raw
     elif name.lower() not in _ADDRESS_HEADERS:
@@ -166,7 +194,8 @@ def deliver_due(
         if outage.retry_at and clock.now() < outage.retry_at:  # still backing off
             done.transport_error = outage.error
             return done
-        _deliver(claim(clock.now(), limit), config.outgoing, transport, clock, done)
+        store = AttachmentStore(config.paths.attachments)  # the files agents' replies carry
+        _deliver(claim(clock.now(), limit), config.outgoing, transport, clock, done, store)
     finally:
         if own:
             transport.close()
@@ -174,7 +203,12 @@ def deliver_due(
 
 
 def _deliver(
-    rows: list[Outbox], cfg: Outgoing, transport: SmtpTransport, clock: Clock, done: Delivery
+    rows: list[Outbox],
+    cfg: Outgoing,
+    transport: SmtpTransport,
+    clock: Clock,
+    done: Delivery,
+    store: AttachmentStore,
 ) -> None:
     marks: list[tuple[int, dict]] = []
     leased = clock.now()
@@ -184,7 +218,7 @@ def _deliver(
                 leased = clock.now()
                 _renew([r.id for r in rows], leased + LEASE)
             try:
-                mark = _attempt(row, cfg, transport, clock, done)
+                mark = _attempt(row, cfg, transport, clock, done, store)
             except TransportFailure as exc:  # not this row's fault: stop, put every row back
                 outage = transport.outage
                 outage.failures += 1
@@ -262,7 +296,9 @@ def release_claims(now: datetime) -> int:
     return _put_back(None, now)
 
 
-def _attempt(row: Outbox, cfg: Outgoing, transport: SmtpTransport, clock: Clock, done: Delivery) -> dict:
+def _attempt(
+    row: Outbox, cfg: Outgoing, transport: SmtpTransport, clock: Clock, done: Delivery, store: AttachmentStore
+) -> dict:
     """Hand one row to the transport; the columns that record the attempt.
 
     Any exception but the transport's own is this row's attempt, recorded: a folder
@@ -271,7 +307,7 @@ def _attempt(row: Outbox, cfg: Outgoing, transport: SmtpTransport, clock: Clock,
     """
     now = clock.now()
     try:
-        transport.send(row, build(row, now))
+        transport.send(row, build(row, now, store))
     except TransportFailure:
         raise
     except Exception as exc:  # noqa: BLE001 - recorded on the row, never lost
