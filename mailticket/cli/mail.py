@@ -217,6 +217,17 @@ def quarantine() -> None:
     """Messages that could not be processed: list, show, retry."""
 
 
+def inbox_row(r, *keys: str) -> dict:
+    """An inbox row for `--json`: what every listing shows, then `keys`."""
+    out = {
+        "id": r.id,
+        "received_at": r.received_at.isoformat(),
+        "source": r.source,
+        "message_id": r.message_id,
+    }
+    return out | {key: getattr(r, key) for key in keys}
+
+
 @quarantine.command("list")
 @json_option
 @click.pass_obj
@@ -225,20 +236,7 @@ def quarantine_list(obj: Ctx, as_json: bool) -> None:
     obj.app(processing=False)
     rows = durable_inbox.quarantined(limit=1000)
     if as_json:
-        emit_json(
-            [
-                {
-                    "id": r.id,
-                    "received_at": r.received_at.isoformat(),
-                    "source": r.source,
-                    "message_id": r.message_id,
-                    "step": r.step,
-                    "reason": r.reason,
-                    "attempts": r.attempts,
-                }
-                for r in rows
-            ]
-        )
+        emit_json([inbox_row(r, "step", "reason", "attempts") for r in rows])
         return
     table(
         [[r.id, r.received_at.strftime("%Y-%m-%d %H:%M"), r.source, r.step, r.reason] for r in rows],
@@ -317,20 +315,7 @@ def inbox_list(obj: Ctx, outcome: str | None, unmatched: bool, limit: int, as_js
     obj.app(processing=False)
     rows = models.inbox_listing(outcome, unmatched, limit)
     if as_json:
-        emit_json(
-            [
-                {
-                    "id": r.id,
-                    "received_at": r.received_at.isoformat(),
-                    "source": r.source,
-                    "message_id": r.message_id,
-                    "outcome": r.outcome,
-                    "ticket": r.ticket,
-                    "reason": r.reason,
-                }
-                for r in rows
-            ]
-        )
+        emit_json([inbox_row(r, "outcome", "ticket", "reason") for r in rows])
         return
     table(
         [
