@@ -97,7 +97,7 @@ def child_agents(mbox: str, url: str, workdir: str) -> dict:
     cfg.write_text(
         f'[helpdesk]\naddress = "{HD}"\nauto_reply_limit = 1000\nauto_reply_limit_domain = 100000\n'
         f'auto_reply_limit_total = 100000\n[database]\nurl = "{url}"\n[paths]\nrules = "{ROOT / "rules"}"\n'
-        f'[agents]\nsecret_file = "{secret}"\n'
+        f'[agents]\nsecret_file = "{secret}"\nnotification_limit = 100000\n'
     )
     runner = CliRunner()
     for address, name, groups in AGENTS:  # `agents add` is `mailticket.agents.add`

@@ -181,15 +181,13 @@ def reply(
     files = [{k: a[k] for k in ("filename", "content_type", "sha256")} for a in attachments]
     hd = env.config.helpdesk
     token = env.tokens.format(ticket.number)
-    parent = tickets.last_customer_message(ticket)
+    parent = tickets.last_customer_message_id(ticket)
     msgid = notify.make_msgid(hd.domain)
     rendered = notify.Rendered(f"Re: {token} {ticket.subject}"[: notify.MAX_SUBJECT], text.rstrip() + "\n")
     people = [ticket.requester, *(ticket.cc or [])]
     headers = {
         "From": email.utils.formataddr((hd.name, hd.address)),
-        **notify.reply_headers(
-            parent.message_id if parent else None, [], None, ticket.subject, now, automatic=False
-        ),
+        **notify.reply_headers(parent, [], None, ticket.subject, now, automatic=False),
     }
     if ticket.cc:
         headers["Cc"] = ", ".join(ticket.cc)

@@ -162,6 +162,9 @@ class Agents:
     # DMARC aligned with the agent's domain stands in for a signature); empty: none.
     authserv_id: str = ""
     reply_days: int = 30  # days a signed reply address stays valid
+    # Automatic mails (notifications, confirmations, warnings) per agent per hour, at
+    # most; they do not count against [helpdesk]'s limits for customers.
+    notification_limit: int = 100
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,7 @@ _RANGES: dict[tuple[str, str], tuple[int | None, int | None]] = {
     ("daemon", "outbox_interval"): (1, None),
     ("daemon", "drain_seconds"): (1, None),
     ("agents", "reply_days"): (1, None),
+    ("agents", "notification_limit"): (1, None),
 }
 _PATH_KEYS = {
     ("outgoing", "folder"),

@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import peewee
@@ -260,7 +261,24 @@ def _v4(db: peewee.Database) -> None:
         )
 
 
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1, _v2, _v3, _v4]
+def _v5(db: peewee.Database) -> None:
+    """AutoCount (the automatic-mail limits count per five-minute slot instead of walking
+    the outbox), filled from the last hour's outbox; the outbox indexes those counts used
+    go."""
+    db.create_tables([models.AutoCount], safe=True)
+    for name in ("outbox_to_domain_created_at", "outbox_created_at_automatic"):
+        db.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
+    since = models.Outbox._meta.fields["created_at"].db_value(datetime.now(timezone.utc) - timedelta(hours=1))
+    rows = models.Outbox.select(models.Outbox.to_addr, models.Outbox.kind, models.Outbox.created_at).where(
+        models.Outbox.automatic & (models.Outbox.created_at >= since)
+    )
+    from .notify import limit_scopes
+
+    for row in rows:
+        models.count_automatic(limit_scopes(row.to_addr, row.kind), row.created_at)
+
+
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

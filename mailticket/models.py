@@ -18,6 +18,7 @@ Models bind to `database_proxy`; `db.open_database` initialises it from a URL.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import timezone
 
 import peewee
@@ -207,13 +208,8 @@ class Outbox(BaseModel):
     sent_at = UTCDateTimeField(null=True)
 
     class Meta:
-        # The automatic-mail limits count recent rows per address, per domain and in all.
-        # (Not `automatic` first: SQLite would take that index for the address's count too.)
-        indexes = (
-            (("to_addr", "created_at"), False),
-            (("to_domain", "created_at"), False),
-            (("created_at", "automatic"), False),
-        )
+        # An address's mail, newest last (`outbox list --to`; the limits count in AutoCount).
+        indexes = ((("to_addr", "created_at"), False),)
 
 
 class Agent(BaseModel):
@@ -247,7 +243,20 @@ class Bounced(BaseModel):
     at = UTCDateTimeField()
 
 
-ALL_MODELS = [Inbox, Ticket, Message, Attachment, Event, Outbox, Agent, ImapState, Bounced]
+class AutoCount(BaseModel):
+    """How many automatic mails went to a scope in a five-minute slot: the automatic-mail
+    limits read at most twelve rows a scope, whatever the outbox holds (schema v5).
+    Scopes: `a:ADDRESS`, `d:DOMAIN` and `*` (everyone)."""
+
+    scope = CharField()
+    slot = peewee.IntegerField()  # Unix time // SLOT_SECONDS
+    n = peewee.IntegerField(default=0)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("scope", "slot")
+
+
+ALL_MODELS = [Inbox, Ticket, Message, Attachment, Event, Outbox, Agent, ImapState, Bounced, AutoCount]
 
 # Re-exported so that callers outside db.py/models.py never import peewee themselves.
 fn = peewee.fn
@@ -272,6 +281,12 @@ def _sql(key: tuple, build) -> str:
     if sql is None:
         sql = _compiled[full] = build(db.param)
     return sql
+
+
+def raw(model: type[BaseModel], key: tuple, build: Callable[[str], str], params: list):
+    """`model.raw(...)`, its SQL built once per backend by `build(placeholder)`: on the hot
+    path peewee's query builder costs more than the query (rows convert as usual)."""
+    return model.raw(_sql(("raw", model.__name__, *key), build), *params)
 
 
 def _q(name: str) -> str:
@@ -388,31 +403,50 @@ def is_active_agent(address: str) -> bool:
     return database_proxy.execute_sql(sql, [address, True]).fetchone() is not None
 
 
-def automatic_mail_state(
-    address: str, domain: str, since, caps: tuple[int, int, int]
-) -> tuple[bool, bool, bool, str | None]:
-    """In one round trip: whether `address`, `domain` and everyone (each with its cap) had
-    as many automatic mails since `since` as the cap allows, and the bounce status
-    `address` is marked with, or None.  "The cap-th newest row exists" walks at most cap
-    index entries and counts nothing: the check costs the same at 10 rows or 10^6."""
+SLOT_SECONDS = 300  # AutoCount's slots; a limit's hour is the current slot and the eleven before
+SLOTS_PER_HOUR = 3600 // SLOT_SECONDS
+
+
+def slot_of(at) -> int:
+    return int(at.timestamp()) // SLOT_SECONDS
+
+
+def count_automatic(scopes: list[str], at) -> None:
+    """One more automatic mail to each of `scopes` now (inside the caller's transaction)."""
+    slot = slot_of(at)
+    sql = _sql(
+        ("auto_count", len(scopes)),
+        lambda p: (
+            'INSERT INTO "autocount" ("scope", "slot", "n") VALUES '
+            + ", ".join([f"({p}, {p}, 1)"] * len(scopes))
+            + ' ON CONFLICT ("scope", "slot") DO UPDATE SET "n" = "autocount"."n" + 1'
+        ),
+    )
+    database_proxy.execute_sql(sql, [v for scope in scopes for v in (scope, slot)])
+
+
+def prune_automatic_counts(at) -> int:
+    """Forget the slots that no limit reads any more (older than two hours); how many."""
+    sql = _sql(("auto_prune",), lambda p: f'DELETE FROM "autocount" WHERE "slot" < {p}')
+    return database_proxy.execute_sql(sql, [slot_of(at) - 2 * SLOTS_PER_HOUR]).rowcount
+
+
+def automatic_mail_state(scopes: list[str], address: str, at) -> tuple[list[int], str | None]:
+    """In one round trip: how many automatic mails each of `scopes` had in the hour up to
+    `at` (AutoCount: at most twelve rows a scope), and the bounce status `address` is
+    marked with, or None."""
 
     def build(p: str) -> str:
-        def full(where: str) -> str:
-            return (
-                f'EXISTS (SELECT 1 FROM "outbox" WHERE {where}"automatic" = {p}'
-                f' AND "created_at" >= {p} LIMIT 1 OFFSET {p})'
-            )
-
-        return (
-            f'SELECT {full(f""""to_addr" = {p} AND """)}, {full(f""""to_domain" = {p} AND """)}, '
-            f'{full("")}, (SELECT "status" FROM "bounced" WHERE "address" = {p})'
+        sums = ", ".join(
+            f'(SELECT COALESCE(SUM("n"), 0) FROM "autocount" WHERE "scope" = {p} AND "slot" > {p})'
+            for _ in scopes
         )
+        return f'SELECT {sums}, (SELECT "status" FROM "bounced" WHERE "address" = {p})'
 
-    at = Outbox._meta.fields["created_at"].db_value(since)
-    skip = [max(cap - 1, 0) for cap in caps]
-    params = [address, True, at, skip[0], domain, True, at, skip[1], True, at, skip[2], address]
-    row = database_proxy.execute_sql(_sql(("auto_state",), build), params).fetchone()
-    return (*(bool(v) or cap <= 0 for v, cap in zip(row[:3], caps)), row[3])
+    since = slot_of(at) - SLOTS_PER_HOUR
+    params = [v for scope in scopes for v in (scope, since)] + [address]
+    row = database_proxy.execute_sql(_sql(("auto_state", len(scopes)), build), params).fetchone()
+    return [int(v) for v in row[:-1]], row[-1]
 
 
 def mark_bounced(address: str, status: str, ticket: int | None, at) -> None:

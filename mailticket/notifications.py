@@ -88,7 +88,7 @@ def notify_agents(
     )
     earlier = _earlier_notifications(ticket.number)
     for r in recipients:
-        blocked = automatic_block(r.address, hd, now)
+        blocked = automatic_block(r.address, hd, now, agent_limit=env.config.agents.notification_limit)
         if blocked:
             events.append(
                 tickets.event(ticket, "system", "notify-skipped", {"to": r.address, "why": blocked})
@@ -176,9 +176,13 @@ def notify_targets(ticket, targets: tuple[str, ...], active) -> tuple[list[dict]
 def _earlier_notifications(number: int) -> dict[str, str]:
     """The Message-ID of the last notification about ticket `number` to each address: the
     next one threads to it (In-Reply-To), so an agent's client shows one conversation."""
-    rows = (
-        Outbox.select(Outbox.to_addr, Outbox.message_id)
-        .where((Outbox.ticket == number) & (Outbox.kind == "notification"))
-        .order_by(Outbox.id)
+    rows = models.raw(
+        Outbox,
+        ("earlier_notifications",),
+        lambda p: (
+            f'SELECT "to_addr", "message_id" FROM "outbox" WHERE "ticket" = {p} AND "kind" = {p} '
+            'ORDER BY "id"'
+        ),
+        [number, "notification"],
     )
     return {row.to_addr: row.message_id for row in rows}

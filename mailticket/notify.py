@@ -29,7 +29,7 @@ import re
 import struct
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import jinja2
@@ -176,6 +176,8 @@ def queue(
     from the helpdesk's address, which its X-Loop names (RFC 3834 section 3.1.8's
     advice: recognise our own mail when it comes back).  `attachments` are files of
     the attachment store that go with the text: `{filename, content_type, sha256}`."""
+    if automatic:
+        models.count_automatic(limit_scopes(to, kind), now)
     return models.insert(
         Outbox,
         dict(
@@ -197,21 +199,42 @@ def queue(
     )
 
 
-def automatic_block(to: str, helpdesk, now: datetime) -> str:
+# Automatic mail to the helpdesk's own people: counted against the address's own limit
+# (`[agents] notification_limit`), not the domain's or everyone's, which stop loops with
+# strangers' robots: a busy team's notifications must not starve the customers' mail.
+AGENT_KINDS = frozenset({"notification", "confirmation", "warning", "escalation"})
+
+
+def limit_scopes(to: str, kind: str) -> list[str]:
+    """The AutoCount scopes an automatic mail of `kind` to `to` counts in."""
+    address = to.lower()
+    if kind in AGENT_KINDS:
+        return [f"a:{address}"]
+    return [f"a:{address}", f"d:{address.rpartition('@')[2]}", "*"]
+
+
+def automatic_block(to: str, helpdesk, now: datetime, *, agent_limit: int | None = None) -> str:
     """Why automatic mail to `to` must not go out now, or "" when it may.
 
     Every automatic kind asks this before `queue`: a limit per address, one per domain
     (another helpdesk that answers each acknowledgement from a new address loops through
     one domain) and one in all, per hour; and no automatic mail to an address whose mail
-    bounced for good until it writes to us again (the pipeline clears the mark).
+    bounced for good until it writes to us again (the pipeline clears the mark).  Mail to
+    agents (AGENT_KINDS) passes `agent_limit`, their address's own hourly limit.
     """
-    caps = (helpdesk.auto_reply_limit, helpdesk.auto_reply_limit_domain, helpdesk.auto_reply_limit_total)
-    domain = to.rpartition("@")[2].lower()
-    *full, bounced = models.automatic_mail_state(to, domain, now - timedelta(hours=1), caps)
+    caps: tuple[int, ...]
+    if agent_limit is not None:
+        scopes, caps = limit_scopes(to, "notification"), (agent_limit,)
+        names: tuple[str, ...] = (to,)
+    else:
+        scopes = limit_scopes(to, "ack")
+        caps = (helpdesk.auto_reply_limit, helpdesk.auto_reply_limit_domain, helpdesk.auto_reply_limit_total)
+        names = (to, f"domain {scopes[1][2:]}", "all recipients")
+    counts, bounced = models.automatic_mail_state(scopes, to.lower(), now)
     if bounced:
         return f"mail to {to} bounced ({bounced}); no automatic mail until it writes again"
-    for reached, cap, scope in zip(full, caps, (to, f"domain {domain}", "all recipients")):
-        if reached:
+    for count, cap, scope in zip(counts, caps, names):
+        if count >= cap:
             return f"{scope} reached {cap} automatic mails this hour"
     return ""
 

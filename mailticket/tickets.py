@@ -129,10 +129,18 @@ def by_number(number: int) -> Ticket | None:
     return models.get(Ticket, number)
 
 
-def last_customer_message(ticket: Ticket) -> Message | None:
-    """The customer's newest message on `ticket`, which an agent's reply answers."""
-    query = ticket.messages.where((Message.direction == "in") & (Message.kind == "customer"))
-    return query.order_by(Message.id.desc()).first()
+def last_customer_message_id(ticket: Ticket) -> str | None:
+    """The Message-ID of the customer's newest message on `ticket`, which an agent's reply answers."""
+    rows = models.raw(
+        Message,
+        ("last_customer",),
+        lambda p: (
+            f'SELECT "message_id" FROM "message" WHERE "ticket_id" = {p} AND "direction" = {p} '
+            f'AND "kind" = {p} ORDER BY "id" DESC LIMIT 1'
+        ),
+        [ticket.number, "in", "customer"],
+    )
+    return next((row.message_id for row in rows), None)
 
 
 def by_message_ids(ids: list[str], known: dict[str, int] | None = None) -> tuple[Ticket | None, str | None]:
@@ -276,15 +284,19 @@ def history(ticket: Ticket, *, limit: int = HISTORY_ENTRIES, new_text: str | Non
     note (only a proven agent makes one), "forged" for a message its `security` event
     names.  Our acknowledgements (kind `system`) are not history; nor is the newest
     message when its text is `new_text` (a notification shows that one on its own)."""
-    columns = (Message.inbox, Message.kind, Message.from_addr, Message.from_name, Message.date)
     rows = cast(
         "list[dict]",  # .dicts(): peewee's stubs keep the model type
         list(
-            Message.select(*columns, Message.created_at, Message.text)
-            .where((Message.ticket == ticket.number) & (Message.kind != "system"))
-            .order_by(Message.id.desc())
-            .limit(limit)
-            .dicts()
+            models.raw(
+                Message,
+                ("history",),
+                lambda p: (
+                    'SELECT "inbox_id" AS "inbox", "kind", "from_addr", "from_name", "date", '
+                    f'"created_at", "text" FROM "message" WHERE "ticket_id" = {p} AND "kind" <> {p} '
+                    f'ORDER BY "id" DESC LIMIT {p}'
+                ),
+                [ticket.number, "system", limit],
+            ).dicts()
         ),
     )
     if rows and new_text is not None and rows[0]["text"] == new_text:
@@ -292,8 +304,11 @@ def history(ticket: Ticket, *, limit: int = HISTORY_ENTRIES, new_text: str | Non
     inboxes = {m["inbox"] for m in rows if m["inbox"] is not None}
     forged = set()
     if inboxes:
-        security = Event.select(Event.detail).where(
-            (Event.ticket == ticket.number) & (Event.kind == "security")
+        security = models.raw(
+            Event,
+            ("security",),
+            lambda p: f'SELECT "detail" FROM "event" WHERE "ticket_id" = {p} AND "kind" = {p}',
+            [ticket.number, "security"],
         )
         forged = {e.detail.get("inbox") for e in security} & inboxes
     out = []
@@ -329,8 +344,18 @@ def previous(ticket: Ticket, *, limit: int = 10) -> list[dict]:
                     "why": why,
                 }
 
-    newest = Ticket.select().order_by(Ticket.number.desc())
-    add(newest.where(Ticket.requester == ticket.requester).limit(limit), "requester")
+    columns = '"number", "subject", "status", "resolved_at", "fields"'
+    add(
+        models.raw(
+            Ticket,
+            ("previous",),
+            lambda p: (
+                f'SELECT {columns} FROM "ticket" WHERE "requester" = {p} ORDER BY "number" DESC LIMIT {p}'
+            ),
+            [ticket.requester, limit],
+        ),
+        "requester",
+    )
     for key in UNIT_FIELDS:
         value = (ticket.fields or {}).get(key)
         if not isinstance(value, str) or not value:
@@ -338,7 +363,15 @@ def previous(ticket: Ticket, *, limit: int = 10) -> list[dict]:
         # Fields are JSON text on both backends: the pair as JSONField writes it finds
         # candidates (LIKE; a "_" in the value matches any character), Python confirms.
         pair = Ticket.fields.db_value({key: value})[1:-1]
-        # (CAST: a bare JSONField would JSON-encode the pattern too.)
-        rows = newest.where(Ticket.fields.cast("TEXT") ** f"%{pair}%").limit(limit * 2)
+        rows = models.raw(
+            Ticket,
+            ("unit",),
+            # (CAST: the column is JSON text on SQLite and PostgreSQL alike.)
+            lambda p: (
+                f'SELECT {columns} FROM "ticket" WHERE CAST("fields" AS TEXT) LIKE {p} '
+                f'ORDER BY "number" DESC LIMIT {p}'
+            ),
+            [f"%{pair}%", limit * 2],
+        )
         add([t for t in rows if (t.fields or {}).get(key) == value][:limit], f"{key}={value}")
     return list(found.values())

@@ -185,3 +185,26 @@ def test_a_french_agent_gets_the_french_template(desk):
     assert note.to_addr == EVE
     assert note.body.splitlines()[0] == quotes.MARKER  # the same marker in every language
     assert "Nouveau ticket [#1] de Alice Customer" in note.body and "Priorité" in note.body
+
+
+def test_notifications_have_the_agents_own_limit_and_leave_the_customers_limits_alone(desk, tmp_path):
+    """A busy team's notifications must not use up the limits that stop loops with
+    strangers (everyone's, a domain's), nor may an agent be mailed without end."""
+    desk.write_config(
+        f'[agents]\nsecret_file = "{tmp_path / "secret"}"\nnotification_limit = 3\n',
+        auto_reply_limit_total=4,
+    )
+    desk.rule_file("10-all.yaml", """
+        - name: everything to tier1
+          then: {group: tier1}
+    """)
+    results = desk.ingest(*[mail(sender=f"u@domain{n}.test", subject=f"Problem {n}") for n in range(5)])
+    assert [r["outcome"] for r in results] == ["created"] * 5
+    # Four acknowledgements (everyone's limit), though eight notifications went out before them.
+    assert len([r for r in desk.outbox() if r["kind"] == "ack"]) == 4
+    assert "all recipients reached 4" in results[4]["reason"]
+    # Bob and Dave each had three, then their own limit said no, on the ticket's history.
+    assert len(notifications(desk, BOB)) == len(notifications(desk, DAVE)) == 3
+    skipped = events(desk, 4, "notify-skipped")
+    assert {s["to"] for s in skipped} == {BOB, DAVE}
+    assert all("reached 3 automatic mails this hour" in s["why"] for s in skipped)
