@@ -142,7 +142,10 @@ def _command(
             tickets.event(ticket, actor, "linked", {"to": number, "why": "#link"})
         ]
     if name == "merge":
-        raise TicketError("merge is not supported yet")
+        into = tickets.by_number(int(args[0]))
+        if into is None:
+            raise TicketError(f"no ticket #{args[0]}")
+        return f"merged into #{into.number}", tickets.merge(ticket, into, actor=actor, now=now)
     if name == "update":
         raise TicketError("the time issue adds #update")
     return "the text is a note", []  # note: the caller stores it

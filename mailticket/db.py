@@ -264,8 +264,14 @@ def _v4(db: peewee.Database) -> None:
 def _v5(db: peewee.Database) -> None:
     """AutoCount (the automatic-mail limits count per five-minute slot instead of walking
     the outbox), filled from the last hour's outbox; the outbox indexes those counts used
-    go."""
+    go; Ticket.merged_into (`#merge`)."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
     db.create_tables([models.AutoCount], safe=True)
+    if "merged_into" not in {c.name for c in db.get_columns("ticket")}:
+        migrate(
+            SchemaMigrator.from_database(db).add_column("ticket", "merged_into", models.Ticket.merged_into)
+        )
     for name in ("outbox_to_domain_created_at", "outbox_created_at_automatic"):
         db.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
     since = models.Outbox._meta.fields["created_at"].db_value(datetime.now(timezone.utc) - timedelta(hours=1))
@@ -275,7 +281,7 @@ def _v5(db: peewee.Database) -> None:
     from .notify import limit_scopes
 
     for row in rows:
-        models.count_automatic(limit_scopes(row.to_addr, row.kind), row.created_at)
+        models.count_automatic(dict.fromkeys(limit_scopes(row.to_addr, row.kind), 1), row.created_at)
 
 
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1, _v2, _v3, _v4, _v5]

@@ -131,6 +131,7 @@ class Ticket(BaseModel):
     fields = JSONField(default=dict)
     language = CharField(max_length=8, default="en")
     linked_to = peewee.IntegerField(null=True)  # the ticket this one was opened from
+    merged_into = peewee.IntegerField(null=True)  # `#merge`: its mail goes there now (schema v5)
     created_at = UTCDateTimeField()
     updated_at = UTCDateTimeField()
     first_response_at = UTCDateTimeField(null=True)
@@ -411,18 +412,18 @@ def slot_of(at) -> int:
     return int(at.timestamp()) // SLOT_SECONDS
 
 
-def count_automatic(scopes: list[str], at) -> None:
-    """One more automatic mail to each of `scopes` now (inside the caller's transaction)."""
+def count_automatic(counts: dict[str, int], at) -> None:
+    """So many more automatic mails to each scope now (inside the caller's transaction)."""
     slot = slot_of(at)
     sql = _sql(
-        ("auto_count", len(scopes)),
+        ("auto_count", len(counts)),
         lambda p: (
             'INSERT INTO "autocount" ("scope", "slot", "n") VALUES '
-            + ", ".join([f"({p}, {p}, 1)"] * len(scopes))
-            + ' ON CONFLICT ("scope", "slot") DO UPDATE SET "n" = "autocount"."n" + 1'
+            + ", ".join([f"({p}, {p}, {p})"] * len(counts))
+            + ' ON CONFLICT ("scope", "slot") DO UPDATE SET "n" = "autocount"."n" + EXCLUDED."n"'
         ),
     )
-    database_proxy.execute_sql(sql, [v for scope in scopes for v in (scope, slot)])
+    database_proxy.execute_sql(sql, [v for scope, n in counts.items() for v in (scope, slot, n)])
 
 
 def prune_automatic_counts(at) -> int:
@@ -431,22 +432,25 @@ def prune_automatic_counts(at) -> int:
     return database_proxy.execute_sql(sql, [slot_of(at) - 2 * SLOTS_PER_HOUR]).rowcount
 
 
-def automatic_mail_state(scopes: list[str], address: str, at) -> tuple[list[int], str | None]:
+def automatic_mail_state(scopes: list[str], addresses: list[str], at) -> tuple[list[int], list[str | None]]:
     """In one round trip: how many automatic mails each of `scopes` had in the hour up to
-    `at` (AutoCount: at most twelve rows a scope), and the bounce status `address` is
-    marked with, or None."""
+    `at` (AutoCount: at most twelve rows a scope), and the bounce status each of
+    `addresses` is marked with, or None."""
 
     def build(p: str) -> str:
-        sums = ", ".join(
+        sums = [
             f'(SELECT COALESCE(SUM("n"), 0) FROM "autocount" WHERE "scope" = {p} AND "slot" > {p})'
             for _ in scopes
-        )
-        return f'SELECT {sums}, (SELECT "status" FROM "bounced" WHERE "address" = {p})'
+        ]
+        marks = [f'(SELECT "status" FROM "bounced" WHERE "address" = {p})' for _ in addresses]
+        return f"SELECT {', '.join(sums + marks)}"
 
     since = slot_of(at) - SLOTS_PER_HOUR
-    params = [v for scope in scopes for v in (scope, since)] + [address]
-    row = database_proxy.execute_sql(_sql(("auto_state", len(scopes)), build), params).fetchone()
-    return [int(v) for v in row[:-1]], row[-1]
+    params = [v for scope in scopes for v in (scope, since)] + addresses
+    row = database_proxy.execute_sql(
+        _sql(("auto_state", len(scopes), len(addresses)), build), params
+    ).fetchone()
+    return [int(v) for v in row[: len(scopes)]], list(row[len(scopes) :])
 
 
 def mark_bounced(address: str, status: str, ticket: int | None, at) -> None:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from . import auth, models, tickets
 from .models import Outbox
-from .notify import MAX_SUBJECT, automatic_block, make_msgid, queue, reply_headers
+from .notify import MAX_SUBJECT, agent_blocks, make_msgid, outbox_row, queue_rows, reply_headers
 from .parsers.quotes import MARKER
 
 # MARKER, the first line of every notification, is where the quote stripper cuts an
@@ -59,7 +59,7 @@ def notify_agents(
     who wrote as a customer hears nothing of their own message), nor our own addresses.
     Each gets the template in their language, a Reply-To signed for them and this
     ticket, the signed note address in the body, and counts against the automatic-mail
-    limits of their address (`automatic_block`).  A helpdesk with no agents and no
+    limit of their address (`agent_blocks`).  A helpdesk with no agents and no
     rule's `notify:` pays one query of the agents, nothing more.
     """
     active = env.active_agents()
@@ -87,8 +87,10 @@ def notify_agents(
         marker=MARKER,
     )
     earlier = _earlier_notifications(ticket.number)
+    blocks = agent_blocks([r.address for r in recipients], env.config.agents.notification_limit, now)
+    rows = []
     for r in recipients:
-        blocked = automatic_block(r.address, hd, now, agent_limit=env.config.agents.notification_limit)
+        blocked = blocks[r.address]
         if blocked:
             events.append(
                 tickets.event(ticket, "system", "notify-skipped", {"to": r.address, "why": blocked})
@@ -121,18 +123,21 @@ def notify_agents(
             "X-Auto-Response-Suppress": "All",
         }
         msgid = make_msgid(hd.domain)
-        queue(
-            kind="notification",
-            ticket=ticket.number,
-            mail_from=hd.address,
-            to=r.address,
-            rendered=rendered,
-            headers=headers,
-            message_id=msgid,
-            now=now,
-            automatic=True,
+        rows.append(
+            outbox_row(
+                kind="notification",
+                ticket=ticket.number,
+                mail_from=hd.address,
+                to=r.address,
+                rendered=rendered,
+                headers=headers,
+                message_id=msgid,
+                now=now,
+                automatic=True,
+            )
         )
         events.append(tickets.event(ticket, "system", "notified", {"to": r.address, "why": why}))
+    queue_rows(rows, now)
     return events
 
 

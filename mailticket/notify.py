@@ -176,27 +176,64 @@ def queue(
     from the helpdesk's address, which its X-Loop names (RFC 3834 section 3.1.8's
     advice: recognise our own mail when it comes back).  `attachments` are files of
     the attachment store that go with the text: `{filename, content_type, sha256}`."""
-    if automatic:
-        models.count_automatic(limit_scopes(to, kind), now)
-    return models.insert(
-        Outbox,
-        dict(
-            ticket=ticket,
-            kind=kind,
-            automatic=automatic,
-            mail_from=mail_from,
-            to_addr=to,
-            to_domain=to.rpartition("@")[2].lower() or None,
-            subject=rendered.subject,
-            body=rendered.body,
-            headers={**headers, "X-Loop": mail_from},
-            attachments=attachments or None,
-            message_id=message_id,
-            state="queued",
-            next_attempt_at=now,
-            created_at=now,
-        ),
+    row = outbox_row(
+        kind=kind,
+        ticket=ticket,
+        mail_from=mail_from,
+        to=to,
+        rendered=rendered,
+        headers=headers,
+        message_id=message_id,
+        now=now,
+        automatic=automatic,
+        attachments=attachments,
     )
+    return queue_rows([row], now)[0]
+
+
+def outbox_row(
+    *,
+    kind: str,
+    ticket: int | None,
+    mail_from: str,
+    to: str,
+    rendered: Rendered,
+    headers: dict[str, str],
+    message_id: str,
+    now: datetime,
+    automatic: bool,
+    attachments: list[dict] | None = None,
+) -> dict:
+    """The outbox row `queue` writes, for `queue_rows` to write several in one statement."""
+    return dict(
+        ticket=ticket,
+        kind=kind,
+        automatic=automatic,
+        mail_from=mail_from,
+        to_addr=to,
+        to_domain=to.rpartition("@")[2].lower() or None,
+        subject=rendered.subject,
+        body=rendered.body,
+        headers={**headers, "X-Loop": mail_from},
+        attachments=attachments or None,
+        message_id=message_id,
+        state="queued",
+        next_attempt_at=now,
+        created_at=now,
+    )
+
+
+def queue_rows(rows: list[dict], now: datetime) -> list[int]:
+    """Write `outbox_row`s in one INSERT, counting the automatic ones against their
+    limits (one more statement); their ids in order."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        if row["automatic"]:
+            for scope in limit_scopes(row["to_addr"], row["kind"]):
+                counts[scope] = counts.get(scope, 0) + 1
+    if counts:
+        models.count_automatic(counts, now)
+    return models.insert_many(Outbox, rows, keys=True)
 
 
 # Automatic mail to the helpdesk's own people: counted against the address's own limit
@@ -213,30 +250,45 @@ def limit_scopes(to: str, kind: str) -> list[str]:
     return [f"a:{address}", f"d:{address.rpartition('@')[2]}", "*"]
 
 
-def automatic_block(to: str, helpdesk, now: datetime, *, agent_limit: int | None = None) -> str:
-    """Why automatic mail to `to` must not go out now, or "" when it may.
+def automatic_block(to: str, helpdesk, now: datetime) -> str:
+    """Why automatic mail to `to` (a customer, anyone but our agents) must not go out now,
+    or "" when it may.
 
     Every automatic kind asks this before `queue`: a limit per address, one per domain
     (another helpdesk that answers each acknowledgement from a new address loops through
     one domain) and one in all, per hour; and no automatic mail to an address whose mail
-    bounced for good until it writes to us again (the pipeline clears the mark).  Mail to
-    agents (AGENT_KINDS) passes `agent_limit`, their address's own hourly limit.
+    bounced for good until it writes to us again (the pipeline clears the mark).
     """
-    caps: tuple[int, ...]
-    if agent_limit is not None:
-        scopes, caps = limit_scopes(to, "notification"), (agent_limit,)
-        names: tuple[str, ...] = (to,)
-    else:
-        scopes = limit_scopes(to, "ack")
-        caps = (helpdesk.auto_reply_limit, helpdesk.auto_reply_limit_domain, helpdesk.auto_reply_limit_total)
-        names = (to, f"domain {scopes[1][2:]}", "all recipients")
-    counts, bounced = models.automatic_mail_state(scopes, to.lower(), now)
+    scopes = limit_scopes(to, "ack")
+    caps = (helpdesk.auto_reply_limit, helpdesk.auto_reply_limit_domain, helpdesk.auto_reply_limit_total)
+    counts, [bounced] = models.automatic_mail_state(scopes, [to.lower()], now)
     if bounced:
-        return f"mail to {to} bounced ({bounced}); no automatic mail until it writes again"
-    for count, cap, scope in zip(counts, caps, names):
+        return _bounced(to, bounced)
+    for count, cap, scope in zip(counts, caps, (to, f"domain {scopes[1][2:]}", "all recipients")):
         if count >= cap:
             return f"{scope} reached {cap} automatic mails this hour"
     return ""
+
+
+def agent_blocks(addresses: list[str], limit: int, now: datetime) -> dict[str, str]:
+    """`automatic_block` for mail to agents (AGENT_KINDS), several at once: why each of
+    `addresses` must not get one now ("" when it may), under their own hourly `limit`."""
+    scopes = [limit_scopes(a, "notification")[0] for a in addresses]
+    counts, marks = models.automatic_mail_state(scopes, [a.lower() for a in addresses], now)
+    out = {}
+    for address, count, bounced in zip(addresses, counts, marks):
+        out[address] = (
+            _bounced(address, bounced)
+            if bounced
+            else f"{address} reached {limit} automatic mails this hour"
+            if count >= limit
+            else ""
+        )
+    return out
+
+
+def _bounced(to: str, status: str) -> str:
+    return f"mail to {to} bounced ({status}); no automatic mail until it writes again"
 
 
 def acknowledge(

@@ -262,6 +262,9 @@ def thread(run: Run, env: Env) -> None:
         if run.ticket is None and ids and tickets.names_our_mail(ids, env.config.helpdesk.domain, {}):
             # Ours by its shape, yet unknown here: not a thread anyone may write to.
             run.no_ack = f"a reply to our mail from {run.sender}, which no ticket has"
+    if run.ticket is not None and run.ticket.merged_into:
+        merged, run.ticket = run.ticket.number, tickets.follow_merges(run.ticket)
+        run.note(f"#{merged} was merged into #{run.ticket.number if run.ticket else '?'}")
     if run.ticket is not None and run.ticket.status == "closed":
         run.linked_to, run.ticket = run.ticket.number, None
         run.note(f"reply to closed ticket #{run.linked_to}: new ticket linked to it")

@@ -107,6 +107,49 @@ def change(ticket: Ticket, changes: dict, *, actor: str, now: datetime, why: str
     return events
 
 
+MAX_MERGE_HOPS = 10  # a chain of merges followed to its end; longer is a loop
+
+
+def merge(ticket: Ticket, into: Ticket, *, actor: str, now: datetime) -> list[dict]:
+    """Merge `ticket` into `into`: its messages (with their attachments) move there, its
+    requester and CCs become CCs there, its tags join; `ticket` is closed with
+    `merged_into`, so that mail to its token or thread lands in `into` (`follow_merges`).
+    Events: `merged` on `ticket`, `merged-from` on `into`.  Raises TicketError for the
+    same ticket, one merged already, or a closed or merged target."""
+    if into.number == ticket.number:
+        raise TicketError("a ticket cannot be merged into itself")
+    if ticket.merged_into:
+        raise TicketError(f"#{ticket.number} was merged into #{ticket.merged_into} already")
+    if into.merged_into or into.status == "closed":
+        raise TicketError(
+            f"#{into.number} is {'merged' if into.merged_into else 'closed'}: merge into an open ticket"
+        )
+    moved = Message.update(ticket=into.number).where(Message.ticket == ticket.number).execute()
+    people = {into.requester, *(into.cc or [])}
+    cc = sorted({*(into.cc or []), *(a for a in [ticket.requester, *(ticket.cc or [])] if a not in people)})
+    tags = sorted({*(into.tags or []), *(ticket.tags or [])})
+    models.update(Ticket, into.number, {"cc": cc, "tags": tags, "updated_at": now})
+    into.cc, into.tags, into.updated_at = cc, tags, now
+    values = {"status": "closed", "closed_at": now, "merged_into": into.number, "updated_at": now}
+    models.update(Ticket, ticket.number, values)
+    before = ticket.status
+    for name, value in values.items():
+        setattr(ticket, name, value)
+    return [
+        event(ticket, actor, "merged", {"into": into.number, "messages": moved, "status": before}),
+        event(into, actor, "merged-from", {"from": ticket.number, "messages": moved, "cc": cc}),
+    ]
+
+
+def follow_merges(ticket: Ticket | None) -> Ticket | None:
+    """The ticket that `ticket`'s mail goes to: itself, or the end of its merges."""
+    for _ in range(MAX_MERGE_HOPS):
+        if ticket is None or not ticket.merged_into:
+            return ticket
+        ticket = by_number(ticket.merged_into)
+    return ticket
+
+
 def _check(values: dict, allowed: Iterable[str] | None = None) -> None:
     if allowed is not None:
         unknown = sorted(set(values) - set(allowed))
@@ -224,6 +267,7 @@ def as_dict(ticket: Ticket, *, full: bool = True) -> dict:
         "cc": ticket.cc or [],
         "language": ticket.language,
         "linked_to": ticket.linked_to,
+        "merged_into": ticket.merged_into,
         "created_at": _iso(ticket.created_at),
         "updated_at": _iso(ticket.updated_at),
     }

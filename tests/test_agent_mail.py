@@ -123,7 +123,7 @@ def test_commands_only_send_nothing_to_the_customer_and_one_confirmation(desk):
     for line in ("#status pending", "#priority critical", "#assign Carol Martin", "#tag vip"):
         assert f"done     {line}" in body, body
     assert "refused  #frobnicate: unknown command #frobnicate" in body
-    assert "refused  #merge 7: merge is not supported yet" in body
+    assert "refused  #merge 7: no ticket #7" in body
     t = desk.show(1)
     assert (t["status"], t["priority"], t["assignee"], t["tags"]) == (
         "pending",
@@ -310,3 +310,35 @@ def test_cli_refuses_a_non_agent_and_a_bad_value(desk):
     res = desk.cli("ticket", "set", "1", "--as", BOB, "--status", "bogus")
     assert res.exit_code != 0 and "#status" in res.output
     assert desk.show(1)["status"] == "new"
+
+
+def test_merge_moves_the_mail_and_the_people_and_later_mail_follows(desk):
+    """A customer wrote twice about one problem: #merge folds the second ticket into the
+    first; its token, its thread and its requester all lead there afterwards."""
+    second = mail(sender="erin@customer.test", subject="Printer again", body="Still broken.\n")
+    [res] = desk.ingest(second)
+    assert res["ticket"] == 2
+    [res] = desk.ingest(client_reply("#merge 1", to=signed(ticket=2), subject="Re: [#2] Printer again"))
+    assert res["outcome"] == "commands", res
+    [confirmation] = delivered(desk, "confirmation")
+    assert "done     #merge 1" in confirmation.get_content()
+    gone, kept = desk.show(2), desk.show(1)
+    assert (gone["status"], gone["merged_into"]) == ("closed", 1)
+    assert [m["text"].strip() for m in gone["messages"]] == []
+    assert any("Still broken." in m["text"] for m in kept["messages"])
+    assert "erin@customer.test" in kept["cc"]  # the merged ticket's customer hears of it
+    [merged] = events(desk, "merged", number=2)
+    assert merged["actor"] == BOB and merged["detail"]["into"] == 1
+    [merged_from] = events(desk, "merged-from", number=1)
+    assert merged_from["detail"]["from"] == 2
+    # Mail to the merged ticket's token, and a reply in its thread, land in #1.
+    [by_token] = desk.ingest(mail(sender="erin@customer.test", subject="Re: [#2] Printer again"))
+    [by_thread] = desk.ingest(mail(sender="erin@customer.test", subject="Re: Printer again",
+                                   in_reply_to=msgid(second)))
+    assert (by_token["outcome"], by_token["ticket"]) == ("appended", 1), by_token
+    assert (by_thread["outcome"], by_thread["ticket"]) == ("appended", 1), by_thread
+    # Merging again, into itself or into a closed ticket, is refused with the reason.
+    res = desk.cli("ticket", "set", "2", "--as", BOB, "--merge-into", "1")
+    assert res.exit_code != 0 and "merged into #1 already" in res.output
+    res = desk.cli("ticket", "set", "1", "--as", BOB, "--merge-into", "1")
+    assert res.exit_code != 0 and "cannot be merged into itself" in res.output

@@ -163,6 +163,9 @@ def ticket_note(obj: Ctx, number: int, as_agent: str, body, as_json: bool) -> No
 @click.option("--tag", "tags", multiple=True, metavar="WORD", help="Add a tag (repeatable).")
 @click.option("--untag", "untags", multiple=True, metavar="WORD", help="Remove a tag (repeatable).")
 @click.option("--field", "fields", multiple=True, metavar="KEY=VALUE", help="Set a field (repeatable).")
+@click.option(
+    "--merge-into", type=int, metavar="N", help="Merge into ticket N: its messages and people move there."
+)
 @json_option
 @click.pass_obj
 def ticket_set(
@@ -178,6 +181,7 @@ def ticket_set(
     tags,
     untags,
     fields,
+    merge_into,
 ) -> None:
     """Change ticket NUMBER as the agent would by mail (#status, #assign, ...): all or nothing."""
     values = {"status": status, "priority": priority, "assign": assign, "tier": tier, "queue": queue}
@@ -188,6 +192,8 @@ def ticket_set(
         if not sep:
             raise click.ClickException(f"--field {pair}: write KEY=VALUE")
         lines.append(f"#field {key} {value}")
+    if merge_into:
+        lines.append(f"#merge {merge_into}")  # last: the ticket is closed after it
     found, _ = commands.parse("\n".join(lines))
     if not found:
         raise click.ClickException("nothing to change: give --status, --priority, --assign, ... (see --help)")
