@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import agents, models, notifications, notify, states, tickets
+from . import agents, jobs, models, notifications, notify, sla, states, tickets
 from .errors import TicketError
 from .models import Agent, Ticket
+from .parsers import commands
 from .parsers.commands import Command, validate
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ def apply(ticket: Ticket, commands: list[Command], *, agent: Agent, now: datetim
             events += done
         outcomes.append(Outcome(cmd.line, why is None, why or detail))
     tickets.save_events(events, now)
+    sla.refresh(ticket, env.config, now)
     return outcomes
 
 
@@ -86,7 +88,10 @@ def _command(
         return (shown or name) if done else f"unchanged ({shown or name})", done
 
     if name == "status":
-        return change({"status": args[0].lower()})
+        detail, done = change({"status": args[0].lower()})
+        if done and ticket.status == "resolved":
+            done += jobs.tell_resolved(ticket, env, now, agent_name=agent.name or agent.email)
+        return detail, done
     if name == "priority":
         return change({"priority": states.priority(" ".join(args))})
     if name == "tier":
@@ -125,13 +130,14 @@ def _command(
         return _assign(ticket, target, actor=actor, now=now, env=env)
     if name == "escalate":
         tier = (ticket.tier or 1) + 1
-        if tier > max(agents.TIERS):
+        if tier > env.config.sla.tiers:
             raise TicketError(f"tier {ticket.tier} is the last one")
-        group = agents.group_for_tier(tier)
-        if group is None:
+        escalated = jobs.escalate(
+            ticket, env, now, jobs.Pass(now), actor=actor, reason=f"#escalate by {agent.name or actor}"
+        )
+        if escalated is None:
             raise TicketError(f"no group of tier {tier} agents to escalate to")
-        detail, done = change({"tier": tier, "group": group, "assignee": None})
-        return f"tier {tier}, group {group}", done
+        return f"tier {tier}, group {ticket.group}", escalated
     if name == "link":
         number = int(args[0])
         if number == ticket.number or tickets.by_number(number) is None:
@@ -147,7 +153,14 @@ def _command(
             raise TicketError(f"no ticket #{args[0]}")
         return f"merged into #{into.number}", tickets.merge(ticket, into, actor=actor, now=now)
     if name == "update":
-        raise TicketError("the time issue adds #update")
+        if args[0].lower() == "now":
+            done = jobs.send_update(ticket, env, now, jobs.Pass(now))
+            if not any(e["kind"] == "update" for e in done):
+                raise TicketError("the update was withheld: " + done[0]["detail"].get("why", ""))
+            return "update sent to the customer", done
+        minutes = commands.update_minutes(args[0])
+        detail, done = change({"update_every": minutes})
+        return ("no more updates" if minutes == 0 else f"an update every {args[0]}"), done
     return "the text is a note", []  # note: the caller stores it
 
 
@@ -217,6 +230,7 @@ def reply(
         events.append(tickets.event(ticket, agent.email, "first-response", {"at": now.isoformat()}))
     events.append(tickets.event(ticket, agent.email, "reply", {"message_id": msgid, "to": people}))
     tickets.save_events(events, now)
+    sla.refresh(ticket, env.config, now)
     return msgid
 
 

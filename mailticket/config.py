@@ -27,6 +27,7 @@ from .states import PRIORITIES
 _Section = typing.TypeVar("_Section", "Outgoing", "Paths", "Smtp", "Imap", "Agents")  # _resolve's sections
 
 DEFAULT_PATH = "mailticket.toml"
+_LEGACY: dict[tuple, typing.Any] = {}  # Config.calendar's "default" calendars, by their settings
 ENV_VAR = "MAILTICKET_CONFIG"
 
 
@@ -145,10 +146,44 @@ class Sla:
         default_factory=lambda: {"P1": 240, "P2": 1440, "P3": 4320, "P4": 20160}
     )
 
-    # Business hours, for rules (`business_hours: true`) and SLA clocks.
+    # The calendar SLA clocks count in, and the rules' `business_hours` ask: a
+    # [calendars.NAME]; empty: the one these three keys make (named "default").
+    calendar: str = ""
     business_days: str = "mon-fri"
     business_hours: str = "08:00-18:00"
     holidays: str = ""  # ISO 3166 country code for public holidays, e.g. "BE"; empty: none
+    # The assignee is warned when this share (percent) of a timer's time is left.
+    warning: int = 20
+    # A ticket pending (waiting on the customer) this many days gets one reminder; after
+    # autoresolve_days more it is resolved.  0 turns either off.
+    reminder_days: int = 3
+    autoresolve_days: int = 4
+    # A customer's reply within this many days reopens a resolved ticket; after them it
+    # is closed (a later reply opens a new ticket linked to it).
+    reopen_days: int = 7
+    tiers: int = 3  # escalation goes from tier 1 up to this one
+    # Named policies overriding any of the above per priority (and `calendar`, `warning`):
+    # [sla.policies.gold] first_response = {P1 = 15}.  A queue or a rule (`sla: gold`) picks one.
+    policies: dict[str, Policy] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """[sla.policies.NAME]: what it sets; the rest comes from [sla]."""
+
+    first_response: dict[str, int] = field(default_factory=dict)
+    update_interval: dict[str, int] = field(default_factory=dict)
+    resolution: dict[str, int] = field(default_factory=dict)
+    calendar: str = ""
+    warning: int = 0  # 0: [sla]'s
+
+
+@dataclass(frozen=True)
+class Queue:
+    """[queues.NAME]: the calendar and SLA policy of a queue's tickets."""
+
+    calendar: str = ""
+    sla: str = ""
 
 
 @dataclass(frozen=True)
@@ -189,15 +224,31 @@ class Config:
     sla: Sla = field(default_factory=Sla)
     agents: Agents = field(default_factory=Agents)
     daemon: Daemon = field(default_factory=Daemon)
+    # [calendars.NAME] tables, parsed (calendars.parse); and [queues.NAME].
+    calendars: dict[str, typing.Any] = field(default_factory=dict)
+    queues: dict[str, Queue] = field(default_factory=dict)
     # Where the file was read from; relative paths were resolved against its folder.
     path: str = ""
 
     def business_hours(self):
-        from .sla import BusinessHours
+        """The helpdesk's calendar: [sla] calendar, or the one [sla] business_* make."""
+        return self.calendar(self.sla.calendar)
 
-        return BusinessHours.parse(
-            self.sla.business_days, self.sla.business_hours, self.helpdesk.timezone, self.sla.holidays or None
+    def calendar(self, name: str):
+        """The calendar called `name` ("" or "default": [sla]'s business_* keys)."""
+        from . import calendars
+
+        if name and name != "default":
+            return self.calendars[name]
+        key = (
+            self.sla.business_days,
+            self.sla.business_hours,
+            self.helpdesk.timezone,
+            self.sla.holidays or None,
         )
+        if key not in _LEGACY:  # built once: its holidays and days are cached inside it
+            _LEGACY[key] = calendars.from_legacy(*key)
+        return _LEGACY[key]
 
     def our_addresses(self) -> frozenset[str]:
         """Every address that is the helpdesk itself (lower-case)."""
@@ -261,6 +312,9 @@ _RANGES: dict[tuple[str, str], tuple[int | None, int | None]] = {
     ("daemon", "drain_seconds"): (1, None),
     ("agents", "reply_days"): (1, None),
     ("agents", "notification_limit"): (1, None),
+    ("sla", "warning"): (0, 99),
+    ("sla", "tiers"): (1, 3),
+    ("sla", "reopen_days"): (1, None),
 }
 _PATH_KEYS = {
     ("outgoing", "folder"),
@@ -310,6 +364,15 @@ def from_dict(data: dict, path: Path) -> Config:
     for name, value in data.items():
         if name not in sections:
             problems.append(f"unknown section [{name}] (known: {', '.join(sections)})")
+        elif name == "calendars":
+            kwargs[name] = _calendars(value, problems)
+        elif name == "queues":
+            kwargs[name] = _named(Queue, "queues", value, problems)
+        elif name == "sla" and isinstance(value, dict) and "policies" in value:
+            rest = {k: v for k, v in value.items() if k != "policies"}
+            sla = _section(Sla, name, rest, problems)
+            policies = _named(Policy, "sla.policies", value["policies"], problems)
+            kwargs[name] = dataclasses.replace(sla, policies=policies)  # type: ignore[type-var]
         elif name == "imap":
             if isinstance(value, dict):
                 value = [value]
@@ -324,6 +387,32 @@ def from_dict(data: dict, path: Path) -> Config:
     if problems:
         raise ConfigError("\n".join(f"{path}: {p}" for p in problems))
     return _resolve(cfg, path.parent.resolve(), str(path))
+
+
+def _calendars(value: object, problems: list[str]) -> dict[str, typing.Any]:
+    from . import calendars
+
+    if not isinstance(value, dict):
+        problems.append("[calendars] must hold tables: [calendars.NAME]")
+        return {}
+    out = {}
+    for name, table in value.items():
+        if not isinstance(table, dict):
+            problems.append(f"[calendars.{name}] must be a table")
+            continue
+        try:
+            out[name] = calendars.parse(name, table)
+        except ValueError as exc:
+            problems.append(f"[calendars.{name}] {exc}")
+    return out
+
+
+def _named(cls: type, where: str, value: object, problems: list[str]) -> dict:
+    """[WHERE.NAME] tables, each a `cls`."""
+    if not isinstance(value, dict):
+        problems.append(f"[{where}] must hold tables: [{where}.NAME]")
+        return {}
+    return {name: _section(cls, f"{where}.{name}", table, problems) for name, table in value.items()}
 
 
 def _section_type(name: str) -> type:
@@ -425,9 +514,19 @@ def _check(cfg: Config, problems: list[str]) -> None:
     if cfg.helpdesk.language not in cfg.helpdesk.languages:
         note(f"[helpdesk] language: {cfg.helpdesk.language!r} is not in languages")
     try:
-        cfg.business_hours()
+        cfg.calendar("")
     except (ValueError, KeyError, NotImplementedError) as exc:
         note(f"[sla] business_days/business_hours/holidays: {exc}")
+    known = ", ".join(["default", *cfg.calendars])
+    named = [("[sla] calendar", cfg.sla.calendar)]
+    named += [(f"[sla.policies.{n}] calendar", p.calendar) for n, p in cfg.sla.policies.items()]
+    named += [(f"[queues.{n}] calendar", q.calendar) for n, q in cfg.queues.items()]
+    for where, name in named:
+        if name and name != "default" and name not in cfg.calendars:
+            note(f"{where}: no calendar {name!r} (known: {known})")
+    for n, q in cfg.queues.items():
+        if q.sla and q.sla not in cfg.sla.policies:
+            note(f"[queues.{n}] sla: no policy {q.sla!r} (known: {', '.join(cfg.sla.policies) or 'none'})")
     for section, key, value in (("smtp", "listen", cfg.smtp.listen), ("daemon", "http", cfg.daemon.http)):
         if value or key == "listen":  # an empty [daemon] http turns the endpoint off
             try:

@@ -284,7 +284,26 @@ def _v5(db: peewee.Database) -> None:
         models.count_automatic(dict.fromkeys(limit_scopes(row.to_addr, row.kind), 1), row.created_at)
 
 
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(db: peewee.Database) -> None:
+    """The timed side's Ticket columns (issue 12): sla_policy, update_every, sla_state,
+    next_check (indexed).  Skipped where a newer `_v1` made them already."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    present = {c.name for c in db.get_columns("ticket")}
+    migrator = SchemaMigrator.from_database(db)
+    t = models.Ticket
+    columns = (
+        ("sla_policy", t.sla_policy),
+        ("update_every", t.update_every),
+        ("sla_state", t.sla_state),
+        ("next_check", t.next_check),
+    )
+    migrate(*(migrator.add_column("ticket", name, f) for name, f in columns if name not in present))
+    if "ticket_next_check" not in {i.name for i in db.get_indexes("ticket")}:
+        migrate(migrator.add_index("ticket", ("next_check",), False))
+
+
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

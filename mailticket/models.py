@@ -140,6 +140,14 @@ class Ticket(BaseModel):
     due_first_response = UTCDateTimeField(null=True)
     due_next_update = UTCDateTimeField(null=True)
     due_resolution = UTCDateTimeField(null=True)
+    # The timed side (sla.py, jobs.py; schema v6): a rule's or agent's SLA policy, the
+    # update interval set by `#update` (minutes; 0 off), what was sent for which due
+    # time (so each warning, escalation and reminder goes once), and when the jobs
+    # next have something to do for this ticket.
+    sla_policy = CharField(null=True)
+    update_every = peewee.IntegerField(null=True)
+    sla_state = JSONField(default=dict)
+    next_check = UTCDateTimeField(null=True, index=True)
     # Backrefs, set by Message.ticket and Event.ticket; declared for type checkers.
     messages: peewee.ModelSelect[Message]
     events: peewee.ModelSelect[Event]

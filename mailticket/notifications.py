@@ -49,6 +49,8 @@ def notify_agents(
     env,
     also: tuple[str, ...] = (),
     rules: tuple[str, ...] = (),
+    kind: str = "notification",
+    extra: dict | None = None,
 ) -> list[dict]:
     """Tell the agents about `why` on `ticket` ("created", "customer-reply", "assigned",
     "note"): a `notification` in the outbox for each; the ticket events that say so.
@@ -61,6 +63,9 @@ def notify_agents(
     ticket, the signed note address in the body, and counts against the automatic-mail
     limit of their address (`agent_blocks`).  A helpdesk with no agents and no
     rule's `notify:` pays one query of the agents, nothing more.
+
+    `kind` is the outbox kind and the template (`warning`, `escalation` from the timed
+    jobs), `extra` more for the template (the timer, the due time, the reason).
     """
     active = env.active_agents()
     if not active and not also:
@@ -85,6 +90,7 @@ def notify_agents(
         previous=tickets.previous(ticket),
         helpdesk=hd.name,
         marker=MARKER,
+        **(extra or {}),
     )
     earlier = _earlier_notifications(ticket.number)
     blocks = agent_blocks([r.address for r in recipients], env.config.agents.notification_limit, now)
@@ -103,7 +109,7 @@ def notify_agents(
             )
 
         rendered = env.templates.render(
-            "notification",
+            kind,
             r.language or hd.language,
             hd.language,
             agent=r,
@@ -125,7 +131,7 @@ def notify_agents(
         msgid = make_msgid(hd.domain)
         rows.append(
             outbox_row(
-                kind="notification",
+                kind=kind,
                 ticket=ticket.number,
                 mail_from=hd.address,
                 to=r.address,
@@ -136,7 +142,8 @@ def notify_agents(
                 automatic=True,
             )
         )
-        events.append(tickets.event(ticket, "system", "notified", {"to": r.address, "why": why}))
+        detail = {"to": r.address, "why": why, **({"kind": kind} if kind != "notification" else {})}
+        events.append(tickets.event(ticket, "system", "notified", detail))
     queue_rows(rows, now)
     return events
 
@@ -185,9 +192,9 @@ def _earlier_notifications(number: int) -> dict[str, str]:
         Outbox,
         ("earlier_notifications",),
         lambda p: (
-            f'SELECT "to_addr", "message_id" FROM "outbox" WHERE "ticket" = {p} AND "kind" = {p} '
-            'ORDER BY "id"'
+            f'SELECT "to_addr", "message_id" FROM "outbox" WHERE "ticket" = {p} '
+            f'AND "kind" IN ({p}, {p}, {p}) ORDER BY "id"'
         ),
-        [number, "notification"],
+        [number, "notification", "warning", "escalation"],
     )
     return {row.to_addr: row.message_id for row in rows}

@@ -291,8 +291,80 @@ def _bounced(to: str, status: str) -> str:
     return f"mail to {to} bounced ({status}); no automatic mail until it writes again"
 
 
+def tell_customer(ticket, *, kind: str, template: str, env, now: datetime, **context) -> str:
+    """Queue `template` to `ticket`'s requester (and CCs see nothing: it is about the case,
+    not a reply) as outbox `kind` (update, reminder, resolution), threaded to the
+    customer's last message and recorded on the ticket like an acknowledgement; its
+    Message-ID, or "" when the automatic-mail limits say no (the caller records why:
+    `automatic_block`)."""
+    hd = env.config.helpdesk
+    if automatic_block(ticket.requester, hd, now):
+        return ""
+    rendered = env.templates.render(
+        template,
+        ticket.language,
+        hd.language,
+        token=env.tokens.format(ticket.number),
+        subject=ticket.subject,
+        name=ticket.requester_name,
+        helpdesk=hd.name,
+        ticket=ticket,
+        **context,
+    )
+    from .tickets import last_customer_message_id
+
+    parent = last_customer_message_id(ticket)
+    msgid = make_msgid(hd.domain)
+    headers = {
+        "From": email.utils.formataddr((hd.name, hd.address)),
+        **reply_headers(parent, [parent] if parent else [], None, ticket.subject[:MAX_SUBJECT], now, True),
+    }
+    queue(
+        kind=kind,
+        ticket=ticket.number,
+        mail_from=hd.address,
+        to=ticket.requester,
+        rendered=rendered,
+        headers=headers,
+        message_id=msgid,
+        now=now,
+        automatic=True,
+    )
+    _record_sent(ticket, msgid, hd.address, ticket.requester, rendered, now)
+    return msgid
+
+
+def _record_sent(ticket, msgid: str, sender: str, to: str, rendered: Rendered, now: datetime) -> None:
+    """Our automatic mail to the customer as a message of the ticket: a reply to it threads
+    by its References, and the update interval counts from it (sla.last_sent)."""
+    models.insert(
+        Message,
+        dict(
+            ticket=ticket.number,
+            direction="out",
+            kind="system",
+            message_id=msgid,
+            from_addr=sender,
+            to=[to],
+            subject=rendered.subject,
+            text=rendered.body,
+            body=rendered.body,
+            created_at=now,
+        ),
+    )
+
+
 def acknowledge(
-    ticket, *, to: str, kind: str, token: str, parent, helpdesk, templates: Templates, now: datetime
+    ticket,
+    *,
+    to: str,
+    kind: str,
+    token: str,
+    parent,
+    helpdesk,
+    templates: Templates,
+    now: datetime,
+    **context,
 ) -> str:
     """Queue the acknowledgement of `ticket` to `to`, answering `parent`; its Message-ID.
 
@@ -308,6 +380,7 @@ def acknowledge(
         name=ticket.requester_name,
         helpdesk=helpdesk.name,
         ticket=ticket,
+        **context,
     )
     msgid = make_msgid(helpdesk.domain)
     headers = {
@@ -332,19 +405,5 @@ def acknowledge(
         now=now,
         automatic=True,
     )
-    models.insert(
-        Message,
-        dict(
-            ticket=ticket.number,
-            direction="out",
-            kind="system",
-            message_id=msgid,
-            from_addr=helpdesk.address,
-            to=[to],
-            subject=rendered.subject,
-            text=rendered.body,
-            body=rendered.body,
-            created_at=now,
-        ),
-    )
+    _record_sent(ticket, msgid, helpdesk.address, to, rendered, now)
     return msgid

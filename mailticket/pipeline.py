@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from . import auth, dedupe, models, notifications, notify, tickets
+from . import auth, dedupe, models, notifications, notify, sla, tickets
 from .agentmail import agent, authenticate
 from .attachments import AttachmentStore
 from .clock import Clock, SystemClock
@@ -436,6 +436,31 @@ def message_columns(run: Run, env: Env, text: str) -> tuple[dict, list[dict]]:
     return message, attachments
 
 
+def first_response_promise(t: Ticket, env: Env, now: datetime) -> dict:
+    """What the acknowledgement says of when we answer: `due`, the first response's due
+    time in the customer's language and the helpdesk's timezone ("" when none), and
+    `open_now`, whether the ticket's calendar is open now."""
+    from .calendars import format_when
+
+    cal = sla.terms(t, env.config).calendar
+    due = t.due_first_response
+    zone = env.config.helpdesk.timezone
+    return {
+        "due": format_when(due, t.language, zone) if due else "",
+        "open_now": cal.is_open(now),
+    }
+
+
+def timers_step(run: Run, env: Env) -> None:
+    """The SLA due times of the tickets this message made or changed (sla.refresh), before
+    the acknowledgement that states when the first response is due."""
+    if run.ticket is None:
+        return
+    now = env.clock.now()
+    for t in [run.ticket, *run.extra_tickets]:
+        sla.refresh(t, env.config, now, new=run.is_new, pending=run.events)
+
+
 def notify_step(run: Run, env: Env) -> None:
     """Tell the agents of a new ticket (and whom its rules' `notify:` names) or of a
     customer's reply (notifications.notify_agents); queue the acknowledgement of a new ticket.
@@ -488,6 +513,7 @@ def notify_step(run: Run, env: Env) -> None:
             helpdesk=cfg.helpdesk,
             templates=env.templates,
             now=now,
+            **first_response_promise(t, env, now),
         )
         run.event(t, "system", "ack-queued", {"message_id": msgid})
 
@@ -503,6 +529,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("agent", agent),
     ("route", route),
     ("record", record),
+    ("timers", timers_step),
     ("notify", notify_step),
 )
 

@@ -1,106 +1,292 @@
-"""Business hours: when the helpdesk is open (SLA due times will live here too).
+"""SLA due times: which policy and calendar hold for a ticket, and when each timer is due.
 
-The rules' `business_hours: inside|outside` condition asks `BusinessHours.is_open(now)`
-with the time from the injected clock; the scheduler will use the same object to count
-SLA time.  Public holidays come from the `holidays` package for a country (and optional
-subdivision); this is the only module that imports it.
+Place in the flow: every change that matters (a new ticket, a customer's or agent's
+message, a status, priority or queue change, a timed job's action) ends with `refresh`,
+which recomputes the ticket's due times and `next_check` (when jobs.py next has
+something to do for it) and writes them if they moved.  `explain` says how a due time
+was reached, for `mailticket sla explain` and `ticket show`.
+
+Three timers, each counted in calendar time (calendars.py) from the ticket's creation:
+first response (stops at the first agent reply), resolution (stops while resolved), and
+the update interval (from the last mail the customer got).  The first two pause while
+the ticket is `pending` (waiting on the customer) or `on-hold`; the pauses are read from
+the ticket's status events, so nothing but the events needs to be kept.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import datetime, timedelta
 
-import holidays
+from . import models
+from .calendars import Calendar
+from .models import Event, Message, Ticket
 
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_FULL = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+TIMERS = ("first_response", "update", "resolution")
+PAUSED = frozenset({"pending", "on-hold", "resolved", "closed"})  # the SLA clocks stop
+DONE = frozenset({"resolved", "closed"})
+NO_UPDATES = frozenset({"pending", "resolved", "closed"})  # waiting on the customer, or done
 
 
 @dataclass(frozen=True)
-class BusinessHours:
-    """Open on `days` (0 = Monday) from `start` to `end` local time, except public holidays."""
+class Terms:
+    """The SLA that holds for a ticket: its policy's budgets (minutes) and calendar."""
 
-    days: frozenset[int] = frozenset(range(5))
-    start: time = time(8, 0)
-    end: time = time(18, 0)
-    timezone: str = "UTC"
-    country: str | None = None  # ISO 3166 code such as "BE"; None: no public holidays
-    subdivision: str | None = None  # e.g. "BY" for Bavaria, when holidays differ by region
-    _zone: ZoneInfo = field(init=False, repr=False, compare=False)
-    _holidays: holidays.HolidayBase | None = field(init=False, repr=False, compare=False)
+    policy: str  # "default" or a [sla.policies] name
+    source: str  # why this policy: "default", "queue billing", "rule or agent"
+    calendar: Calendar
+    first_response: int
+    update_interval: int
+    resolution: int
+    warning: int  # percent of a timer's time left when the assignee is warned
 
-    def __post_init__(self) -> None:
-        if not self.start < self.end:
-            raise ValueError(f"business hours: start {self.start} is not before end {self.end}")
-        if not self.days or not set(self.days) <= set(range(7)):
-            raise ValueError(f"business hours: days must be weekdays 0-6, not {set(self.days)}")
-        try:
-            zone = ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"business hours: unknown time zone {self.timezone!r}") from None
-        days_off = None
-        if self.country:
-            try:
-                days_off = holidays.country_holidays(self.country, subdiv=self.subdivision)
-            except NotImplementedError as exc:  # what `holidays` raises for an unknown code
-                raise ValueError(f"business hours: {exc}") from None
-        # Frozen for callers; these two are derived once here.
-        object.__setattr__(self, "_zone", zone)
-        object.__setattr__(self, "_holidays", days_off)
-
-    @classmethod
-    def parse(
-        cls,
-        days: str = "mon-fri",
-        hours: str = "08:00-18:00",
-        timezone: str = "UTC",
-        country: str | None = None,
-        subdivision: str | None = None,
-    ) -> BusinessHours:
-        """From config text: days "mon-fri" or "mon,tue,sat" or "mon-fri,sun"; hours "08:00-18:00"."""
-        m = re.fullmatch(r"\s*(\d{1,2}):(\d\d)\s*-\s*(\d{1,2}):(\d\d)\s*", hours)
-        if not m:
-            raise ValueError(f"business hours: hours must look like 08:00-18:00, not {hours!r}")
-        h1, m1, h2, m2 = map(int, m.groups())
-        try:
-            start, end = time(h1, m1), time(23, 59, 59, 999999) if (h2, m2) == (24, 0) else time(h2, m2)
-        except ValueError:
-            raise ValueError(f"business hours: no such time in {hours!r}") from None
-        return cls(_parse_days(days), start, end, timezone, country, subdivision)
-
-    def is_open(self, when: datetime) -> bool:
-        """Whether `when` (timezone-aware) falls inside business hours."""
-        if when.tzinfo is None:
-            raise ValueError("business hours: give an aware datetime (from the clock)")
-        local = when.astimezone(self._zone)
-        if local.weekday() not in self.days or not self.start <= local.time() < self.end:
-            return False
-        return self.holiday(local.date()) is None
-
-    def holiday(self, day: date) -> str | None:
-        """The name of the public holiday on `day`, or None."""
-        if self._holidays is None:
-            return None
-        return self._holidays.get(day)
+    def minutes(self, timer: str) -> int:
+        return {"first_response": self.first_response, "update": self.update_interval}.get(
+            timer, self.resolution
+        )
 
 
-def _parse_days(text: str) -> frozenset[int]:
-    days: set[int] = set()
-    for part in text.lower().replace(" ", "").split(","):
-        first, _, last = part.partition("-")
-        try:
-            a = _day(first)
-            b = _day(last) if last else a
-        except ValueError:
-            raise ValueError(f"business hours: unknown day in {text!r} (mon..sun)") from None
-        # "fri-mon" wraps over the weekend.
-        days.update(range(a, b + 1) if a <= b else [*range(a, 7), *range(b + 1)])
-    return frozenset(days)
+def terms(ticket: Ticket, config) -> Terms:
+    """The policy for `ticket`: its own (a rule's `sla:` or an agent's), else its queue's,
+    else [sla]; the calendar: the policy's, else the queue's, else [sla]'s."""
+    sla = config.sla
+    queue = config.queues.get(ticket.queue)
+    name, source = "default", "default"
+    if ticket.sla_policy and ticket.sla_policy in sla.policies:
+        name, source = ticket.sla_policy, "set on the ticket"
+    elif queue and queue.sla:
+        name, source = queue.sla, f"queue {ticket.queue}"
+    policy = sla.policies.get(name)
+    p = ticket.priority
+
+    def budget(timer: str) -> int:
+        own = getattr(policy, timer, {}) if policy else {}
+        return own.get(p, getattr(sla, timer).get(p, 0))
+
+    calendar = (policy.calendar if policy else "") or (queue.calendar if queue else "") or sla.calendar
+    return Terms(
+        name,
+        source,
+        config.calendar(calendar),
+        budget("first_response"),
+        budget("update_interval"),
+        budget("resolution"),
+        (policy.warning if policy and policy.warning else sla.warning),
+    )
 
 
-def _day(name: str) -> int:
-    """0 for "mon" or "monday"; ValueError for anything else."""
-    return WEEKDAYS.index(name) if name in WEEKDAYS else _FULL.index(name)
+@dataclass
+class Timer:
+    """One timer of a ticket as of now."""
+
+    name: str
+    minutes: int  # its budget
+    due: datetime | None  # None: met, stopped, off, or paused
+    warn_at: datetime | None
+    paused: str = ""  # the status it is paused in
+    start: datetime | None = None  # where its last running stretch began (explain)
+    left: float = 0.0  # open seconds of the budget left at `start`
+    pauses: list[tuple[datetime, datetime, str]] = field(default_factory=list)
+
+
+def periods(
+    ticket: Ticket, changes: list[tuple[datetime, str]]
+) -> list[tuple[datetime, datetime | None, str]]:
+    """The ticket's life as (from, to or None for now, status), from its status changes."""
+    out: list[tuple[datetime, datetime | None, str]] = []
+    start, status = ticket.created_at, "new"
+    for at, to in changes:
+        if at > start:
+            out.append((start, at, status))
+            start = at
+        status = to
+    out.append((start, None, status))
+    return out
+
+
+def status_changes(ticket: Ticket) -> list[tuple[datetime, str]]:
+    """(when, new status) for each status event of `ticket`, oldest first."""
+    rows = models.raw(
+        Event,
+        ("status_changes",),
+        lambda p: (
+            f'SELECT "at", "detail" FROM "event" WHERE "ticket_id" = {p} AND "kind" = {p} ORDER BY "id"'
+        ),
+        [ticket.number, "status"],
+    )
+    return [(row.at, row.detail.get("to")) for row in rows]
+
+
+def last_sent(ticket: Ticket) -> datetime:
+    """When the customer last got mail of ours about `ticket` (an acknowledgement, an
+    agent's reply, an update): the update interval counts from there."""
+    rows = models.raw(
+        Message,
+        ("last_sent",),
+        lambda p: (
+            f'SELECT MAX("created_at") AS "created_at" FROM "message" WHERE "ticket_id" = {p} '
+            f'AND "direction" = {p}'
+        ),
+        [ticket.number, "out"],
+    )
+    found = next((row.created_at for row in rows), None)
+    return found or ticket.created_at
+
+
+def _count(cal, life, seconds: float) -> Timer:
+    """Walk `life` spending `seconds` of open time in its running stretches."""
+    timer = Timer("", 0, None, None, left=seconds)
+    for start, end, status in life:
+        if status in PAUSED:
+            if end is not None:
+                timer.pauses.append((start, end, status))
+            else:
+                timer.paused = status
+            continue
+        used = cal.between(start, end) if end is not None else None
+        if used is None or used >= timer.left:
+            timer.start, timer.due = start, cal.add(start, timer.left)
+            return timer
+        timer.left -= used
+    return timer
+
+
+def timers(
+    ticket: Ticket, terms_: Terms, changes: list[tuple[datetime, str]], sent: datetime
+) -> dict[str, Timer]:
+    """The three timers of `ticket` (see the module's docstring)."""
+    cal = terms_.calendar
+    life = periods(ticket, changes)
+    out = {}
+    for name in ("first_response", "resolution"):
+        minutes = terms_.minutes(name)
+        if (
+            minutes <= 0
+            or (name == "first_response" and ticket.first_response_at)
+            or (name == "resolution" and ticket.status in DONE)
+        ):
+            out[name] = Timer(name, minutes, None, None)
+            continue
+        t = _count(cal, life, minutes * 60)
+        warn = _count(cal, life, minutes * 60 * (100 - terms_.warning) / 100)
+        t.name, t.minutes, t.warn_at = name, minutes, warn.due
+        out[name] = t
+    every = terms_.update_interval if ticket.update_every is None else ticket.update_every
+    if every <= 0 or ticket.status in NO_UPDATES:
+        out["update"] = Timer("update", every, None, None, paused=ticket.status if every > 0 else "")
+    else:
+        due = cal.add(sent, every * 60)
+        out["update"] = Timer("update", every, due, None, start=sent, left=every * 60)
+    return out
+
+
+def refresh(
+    ticket: Ticket, config, now: datetime, *, new: bool = False, pending: list[dict] | tuple = ()
+) -> dict:
+    """Recompute `ticket`'s due times and `next_check`; write the ones that moved (no
+    event: they follow from what changed).  `new`: the ticket was just made (no status
+    changes, nothing sent yet: two queries saved).  `pending`: events of this unit of
+    work not written yet (the pipeline writes a batch's at its end).  Returns what was written."""
+    t = terms(ticket, config)
+    changes = [] if new else status_changes(ticket)
+    changes += [
+        (now, e["detail"]["to"]) for e in pending if e["kind"] == "status" and e["ticket"] == ticket.number
+    ]
+    sent = ticket.created_at if new else last_sent(ticket)
+    found = timers(ticket, t, changes, sent)
+    values = {
+        "due_first_response": found["first_response"].due,
+        "due_next_update": found["update"].due,
+        "due_resolution": found["resolution"].due,
+    }
+    values["next_check"] = next_check(ticket, found, config, changes)
+    moved = {k: v for k, v in values.items() if getattr(ticket, k) != v}
+    if moved:
+        models.update(Ticket, ticket.number, moved)
+        for k, v in moved.items():
+            setattr(ticket, k, v)
+    return moved
+
+
+def next_check(ticket: Ticket, found: dict[str, Timer], config, changes) -> datetime | None:
+    """The first moment a timed job has something to do for `ticket`: a warning not yet
+    given, a breach not yet acted on, an update, a reminder, an auto-resolve, a close."""
+    state = ticket.sla_state or {}
+    warned, breached = state.get("warned", {}), state.get("breached", {})
+    times = []
+    for name in ("first_response", "resolution"):
+        timer = found[name]
+        if timer.due is None:
+            continue
+        key = timer.due.isoformat()
+        if breached.get(name) != key:
+            times.append(timer.due)
+        if timer.warn_at is not None and warned.get(name) != key and breached.get(name) != key:
+            times.append(timer.warn_at)
+    if found["update"].due is not None:
+        times.append(found["update"].due)
+    since = status_since(ticket, changes)
+    sla = config.sla
+    if ticket.status == "pending":
+        if sla.reminder_days and state.get("reminded") != since.isoformat():
+            times.append(since + timedelta(days=sla.reminder_days))
+        if sla.autoresolve_days:
+            times.append(since + timedelta(days=sla.reminder_days + sla.autoresolve_days))
+    if ticket.status == "resolved":
+        times.append(since + timedelta(days=sla.reopen_days))
+    return min(times) if times else None
+
+
+def status_since(ticket: Ticket, changes: list[tuple[datetime, str]]) -> datetime:
+    """When `ticket` took its current status."""
+    return changes[-1][0] if changes else ticket.created_at
+
+
+def explain(ticket: Ticket, config, now: datetime) -> dict:
+    """How each due time of `ticket` was reached: the policy and why, the calendar, and
+    per timer its budget, the pauses, and the calendar's own account of the last stretch
+    (the closed days and holidays it skipped)."""
+    t = terms(ticket, config)
+    changes = status_changes(ticket)
+    found = timers(ticket, t, changes, last_sent(ticket))
+    out = {
+        "ticket": ticket.number,
+        "priority": ticket.priority,
+        "status": ticket.status,
+        "policy": t.policy,
+        "policy_source": t.source,
+        "calendar": t.calendar.describe(),
+        "warning_percent": t.warning,
+        "timers": {},
+    }
+    for name, timer in found.items():
+        lines = []
+        if name == "first_response" and ticket.first_response_at:
+            lines.append(f"met: first response at {ticket.first_response_at.isoformat()}")
+        elif timer.minutes <= 0:
+            lines.append("off")
+        elif timer.due is None:
+            lines.append(f"paused while {timer.paused}" if timer.paused else "stopped")
+        for a, b, status in timer.pauses:
+            lines.append(f"paused {a:%Y-%m-%d %H:%M} to {b:%Y-%m-%d %H:%M} UTC ({status}): not counted")
+        if timer.due is not None and timer.start is not None:
+            spent = timer.minutes * 60 - timer.left
+            if spent > 0:
+                lines.append(
+                    f"{_minutes(spent / 60)} already counted before {timer.start:%Y-%m-%d %H:%M} UTC"
+                )
+            _, walk = t.calendar.explain(timer.start, timer.left)
+            lines += walk
+        out["timers"][name] = {
+            "minutes": timer.minutes,
+            "due": timer.due.isoformat() if timer.due else None,
+            "warn_at": timer.warn_at.isoformat() if timer.warn_at else None,
+            "breached": bool(timer.due and timer.due <= now),
+            "lines": lines,
+        }
+    return out
+
+
+def _minutes(m: float) -> str:
+    m = int(round(m))
+    return f"{m // 60}h{m % 60:02d}" if m >= 60 else f"{m} min"

@@ -28,7 +28,20 @@ from .models import Attachment, Event, Message, Ticket
 REOPEN_ON_CUSTOMER_REPLY = {"pending": "open", "on-hold": "on-hold", "resolved": "open"}
 
 # What `change` may set; each change is an event of the attribute's name.
-CHANGEABLE = ("status", "priority", "queue", "tier", "assignee", "group", "tags", "fields")
+CHANGEABLE = (
+    "status",
+    "priority",
+    "queue",
+    "tier",
+    "assignee",
+    "group",
+    "tags",
+    "fields",
+    "sla_policy",
+    "update_every",
+)
+# A status's timestamp, set when a ticket takes it.
+STAMPS = {"resolved": "resolved_at", "closed": "closed_at"}
 
 
 def event(ticket: Ticket, actor: str, kind: str, detail: dict) -> dict:
@@ -101,6 +114,9 @@ def change(ticket: Ticket, changes: dict, *, actor: str, now: datetime, why: str
     events = [
         event(ticket, actor, k, {"from": getattr(ticket, k), "to": v, **extra}) for k, v in changed.items()
     ]
+    stamp = STAMPS.get(changed.get("status", ""))
+    if stamp:
+        changed[stamp] = now
     models.update(Ticket, ticket.number, {**changed, "updated_at": now})
     for name, value in {**changed, "updated_at": now}.items():
         setattr(ticket, name, value)

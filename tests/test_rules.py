@@ -19,7 +19,7 @@ from mailticket.parsers import Address, Attachment, ParsedMessage
 from mailticket.rules import Decision, Problem, RuleContext, RuleSet, check_rules, load_rules
 from mailticket.rules.text import Pattern
 from mailticket.rules.view import fold
-from mailticket.sla import BusinessHours
+from mailticket.calendars import from_legacy
 
 SAMPLES = Path(__file__).resolve().parent.parent / "rules"
 MONDAY_10 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -201,7 +201,7 @@ def test_source_and_mailbox(tmp_path):
 
 
 def test_business_hours(tmp_path):
-    hours = BusinessHours.parse("mon-fri", "08:00-18:00", "Europe/Brussels")
+    hours = from_legacy("mon-fri", "08:00-18:00", "Europe/Brussels", None)
     sunday = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
     assert hit(tmp_path, "business_hours: inside\n", business_hours=hours)
     assert hit(tmp_path, "business_hours: outside\n", business_hours=hours, now=sunday)
@@ -671,7 +671,7 @@ def test_samples_fields_split_spam_and_replies(samples):
 
 
 def test_business_hours_days_times_zone_and_holidays():
-    hours = BusinessHours.parse("mon-fri", "09:00-17:00", "Europe/Brussels", country="BE")
+    hours = from_legacy("mon-fri", "09:00-17:00", "Europe/Brussels", "BE")
     at = lambda *a: datetime(*a, tzinfo=UTC)
     assert hours.is_open(at(2026, 3, 2, 8, 0))  # 09:00 in Brussels (UTC+1)
     assert not hours.is_open(at(2026, 3, 2, 7, 59))
@@ -679,9 +679,10 @@ def test_business_hours_days_times_zone_and_holidays():
     assert not hours.is_open(at(2026, 3, 7, 10, 0))  # Saturday
     assert not hours.is_open(at(2026, 12, 25, 10, 0))  # Christmas
     assert hours.holiday(datetime(2026, 7, 21).date()) is not None  # Belgian national day
-    assert BusinessHours().is_open(at(2026, 12, 25, 10, 0))  # no country: no holidays
-    assert BusinessHours.parse("fri-mon", "00:00-24:00").days == frozenset({4, 5, 6, 0})
-    assert BusinessHours.parse("mon,wed").start == time(8, 0)
+    assert from_legacy("mon-fri", "08:00-18:00", "UTC", None).is_open(at(2026, 12, 25, 10, 0))  # no holidays
+    weekend = from_legacy("fri-mon", "00:00-24:00", "UTC", None)
+    assert weekend.is_open(at(2026, 3, 1, 23, 59)) and not weekend.is_open(at(2026, 3, 3, 12, 0))  # Sun; Tue
+    assert not from_legacy("mon,wed", "08:00-18:00", "UTC", None).is_open(at(2026, 3, 2, 7, 59))
 
 
 @pytest.mark.parametrize("kw", [
@@ -689,13 +690,14 @@ def test_business_hours_days_times_zone_and_holidays():
     {"timezone": "Mars/Olympus"}, {"country": "XX"},
 ])
 def test_business_hours_errors(kw):
+    args = {"days": "mon-fri", "hours": "08:00-18:00", "timezone": "UTC", "country": None, **kw}
     with pytest.raises(ValueError, match="business hours"):
-        BusinessHours.parse(**kw)
+        from_legacy(**args)
 
 
 def test_business_hours_need_an_aware_time():
     with pytest.raises(ValueError):
-        BusinessHours().is_open(datetime(2026, 3, 2, 10, 0))
+        from_legacy("mon-fri", "08:00-18:00", "UTC", None).is_open(datetime(2026, 3, 2, 10, 0))
 
 
 # --- the decision and the package's shape -----------------------------------------------------

@@ -26,6 +26,8 @@ def sample_keys() -> dict[tuple[str, str], tuple[object, bool, bool]]:
     out: dict[tuple[str, str], tuple[object, bool, bool]] = {}
     section = ""
     for line in SAMPLE.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# [calendars.office]"):  # the named tables' examples, at the end
+            break
         if m := _SECTION.match(line):
             section = m.group(1)
             continue
@@ -42,7 +44,7 @@ def sample_keys() -> dict[tuple[str, str], tuple[object, bool, bool]]:
 def schema() -> dict[tuple[str, str], object]:
     out = {}
     for section in dataclasses.fields(config.Config):
-        if section.name == "path":
+        if section.name in ("path", "calendars", "queues"):  # named tables: test_named_tables_*
             continue
         cls = config.Imap if section.name == "imap" else section.type
         if isinstance(cls, str):
@@ -50,8 +52,21 @@ def schema() -> dict[tuple[str, str], object]:
                 config, section.name.capitalize())
         instance = cls()
         for f in dataclasses.fields(instance):
-            out[(section.name, f.name)] = getattr(instance, f.name)
+            if (section.name, f.name) != ("sla", "policies"):
+                out[(section.name, f.name)] = getattr(instance, f.name)
     return out
+
+
+def test_named_tables_are_shown_in_the_sample_and_the_examples_load():
+    """[calendars.NAME], [queues.NAME] and [sla.policies.NAME] are commented examples in
+    the sample: uncommented, they load."""
+    text = SAMPLE.read_text(encoding="utf-8")
+    block = text[text.index("# [calendars.office]"):text.index("# (end of the named tables)")]
+    example = "\n".join(line[2:] if line.startswith("# ") else "" for line in block.splitlines())
+    data = tomllib.loads(example)
+    cfg = config.from_dict(data, SAMPLE)
+    assert set(cfg.calendars) == {"office", "always"} and set(cfg.queues) == {"billing"}
+    assert cfg.sla.policies["gold"].first_response["P1"] == 15
 
 
 def test_the_sample_loads():

@@ -39,7 +39,19 @@ NAMES = (
     "update",
 )
 # Commands that stand alone: `#take` takes the ticket, `#note` makes the mail a note.
-_BARE = ("take", "escalate", "note", "update")
+_BARE = ("take", "escalate", "note")
+# `#update 2d` (also h, m, w), `#update off`, `#update now`.
+UPDATE_EVERY = re.compile(r"(?i)([1-9][0-9]*)\s*([mhdw])")
+_UNIT_MINUTES = {"m": 1, "h": 60, "d": 1440, "w": 10080}
+
+
+def update_minutes(word: str) -> int | None:
+    """`2d` -> 2880, `off` -> 0; None for `now` or anything else."""
+    if word.lower() == "off":
+        return 0
+    m = UPDATE_EVERY.fullmatch(word.strip())
+    return int(m.group(1)) * _UNIT_MINUTES[m.group(2).lower()] if m else None
+
 
 # `#name` at the start of the line: a letter first, so "#42" and "# Title" are text.
 _COMMAND = re.compile(r"#([A-Za-z][\w-]*):?(?:\s+(.*))?$")
@@ -126,4 +138,7 @@ def validate(cmd: Command) -> str | None:
     elif name in ("merge", "link"):
         if len(args) != 1 or not _NUMBER.fullmatch(args[0]):
             return f"#{name} takes a ticket number"
+    elif name == "update":
+        if len(args) != 1 or (args[0].lower() != "now" and update_minutes(args[0]) is None):
+            return "#update takes an interval (2d, 4h, 30m), off or now"
     return None

@@ -16,8 +16,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from ..calendars import Calendar
     from ..parsers import ParsedMessage
-    from ..sla import BusinessHours
 
 SOURCES = ("smtp", "lmtp", "imap", "ingest")
 
@@ -34,7 +34,7 @@ class RuleContext:
     source: str = "smtp"  # smtp | lmtp | imap | ingest
     mailbox: str | None = None  # the IMAP mailbox or SMTP recipient it came through
     queue: str | None = None  # that mailbox's default queue
-    business_hours: BusinessHours | None = None  # None: always open
+    business_hours: Calendar | None = None  # None: always open
 
 
 class SoFar(Protocol):

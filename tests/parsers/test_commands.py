@@ -38,7 +38,9 @@ def one(line: str) -> Command:
         "#merge 42",
         "#link 7",
         "#note",
-        "#update",
+        "#update 2d",
+        "#update off",
+        "#update now",
     ],
 )
 def test_good_commands_are_valid(line: str) -> None:
