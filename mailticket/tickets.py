@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import cast
 
+from peewee import fn
+
 from . import models, notify, states
 from .errors import TicketError
 from .models import Attachment, Event, Message, Ticket
@@ -254,10 +256,40 @@ def may_write(ticket: Ticket, sender: str, referenced: Callable[[], set[int]], *
     return agent
 
 
+def due_times(ticket: Ticket) -> tuple:
+    """The ticket's due times: first response, next update, resolution (None: none)."""
+    return ticket.due_first_response, ticket.due_next_update, ticket.due_resolution
+
+
 def listing(
-    *, status: str | None = None, queue: str | None = None, requester: str | None = None, limit: int = 100
+    *,
+    status: str | None = None,
+    queue: str | None = None,
+    requester: str | None = None,
+    limit: int = 100,
+    due: bool = False,
+    breached_at: datetime | None = None,
 ):
+    """Tickets, newest first; with `due`, those with a due time, soonest first; with
+    `breached_at`, those with a due time before it."""
     query = Ticket.select().order_by(Ticket.number.desc()).limit(limit)
+    if due or breached_at:
+        # The first response comes before the resolution: the soonest SLA due time first.
+        soonest = fn.COALESCE(Ticket.due_first_response, Ticket.due_resolution, Ticket.due_next_update)
+        query = (
+            Ticket.select()
+            .where(
+                Ticket.due_first_response.is_null(False)
+                | Ticket.due_next_update.is_null(False)
+                | Ticket.due_resolution.is_null(False)
+            )
+            .order_by(soonest)
+            .limit(limit)
+        )
+        if breached_at:
+            query = query.where(
+                (Ticket.due_first_response < breached_at) | (Ticket.due_resolution < breached_at)
+            )
     if status:
         query = query.where(Ticket.status == status)
     if queue:
@@ -283,6 +315,13 @@ def as_dict(ticket: Ticket, *, full: bool = True) -> dict:
         "cc": ticket.cc or [],
         "language": ticket.language,
         "linked_to": ticket.linked_to,
+        "due": {
+            "first_response": _iso(ticket.due_first_response),
+            "next_update": _iso(ticket.due_next_update),
+            "resolution": _iso(ticket.due_resolution),
+        },
+        "sla_policy": ticket.sla_policy,
+        "update_every": ticket.update_every,
         "merged_into": ticket.merged_into,
         "created_at": _iso(ticket.created_at),
         "updated_at": _iso(ticket.updated_at),

@@ -2,11 +2,11 @@
 
 `base` holds the `main` group and what every command shares (`Ctx`, `--json`, tables);
 the command modules register on `main` when imported here: `setup` (init, run), `mail`
-(ingest, quarantine, inbox, outbox), `tickets` (ticket ...), `admin` (agents, rules).
+(ingest, quarantine, inbox, outbox), `tickets` (ticket ...), `admin` (agents, rules), `timed` (tick, sla).
 The console script and `python -m mailticket.cli` both call `main`.
 """
 
-from . import admin, mail, setup, tickets  # noqa: F401 - importing registers their commands
+from . import admin, mail, setup, tickets, timed  # noqa: F401 - importing registers their commands
 from .base import Ctx, TryLater, emit_json, json_option, main, table
 from .setup import SAMPLE_RULES
 

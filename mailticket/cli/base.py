@@ -7,6 +7,7 @@ traceback.  `--json` output is for scripts and is a contract (the README: Comman
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -73,6 +74,17 @@ class Ctx:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Output JSON for scripts.")
+
+
+def at_time(value: str | None, now: datetime) -> datetime:
+    """An `--at ISO-TIME` option's value (no zone: UTC), or `now` when not given."""
+    if not value:
+        return now
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"not an ISO time: {value!r} (e.g. 2026-12-21T10:00+01:00)") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def emit_json(data) -> None:

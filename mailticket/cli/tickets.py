@@ -16,7 +16,7 @@ from ..errors import MailticketError
 from ..models import Agent, Ticket
 from ..parsers import commands
 from ..pipeline import Env
-from .base import Ctx, emit_json, json_option, main, table
+from .base import Ctx, at_time, emit_json, json_option, main, table
 
 # --- tickets -----------------------------------------------------------------------------
 
@@ -31,19 +31,65 @@ def ticket() -> None:
 @click.option("--queue", help="Only tickets in this queue.")
 @click.option("--requester", help="Only tickets of this customer address.")
 @click.option("--limit", default=50, show_default=True, help="At most this many tickets, newest first.")
+@click.option("--due", is_flag=True, help="Only tickets with a due time, soonest first.")
+@click.option("--breached", is_flag=True, help="Only tickets past a due time (implies --due).")
+@click.option(
+    "--at", "at", metavar="ISO-TIME", help="With --breached: past due as of this time (default now)."
+)
 @json_option
 @click.pass_obj
-def ticket_list(obj: Ctx, status, queue, requester, limit, as_json) -> None:
-    """List tickets, newest first."""
-    obj.app(processing=False)
-    rows = tickets.listing(status=status, queue=queue, requester=requester, limit=limit)
+def ticket_list(obj: Ctx, status, queue, requester, limit, due, breached, at, as_json) -> None:
+    """List tickets, newest first (with --due: what comes due, soonest first)."""
+    app = obj.app(processing=False)
+    now = at_time(at, app.clock.now())
+    rows = tickets.listing(
+        status=status,
+        queue=queue,
+        requester=requester,
+        limit=limit,
+        due=due or breached,
+        breached_at=now if breached else None,
+    )
     if as_json:
         emit_json([tickets.as_dict(t, full=False) for t in rows])
+        return
+    if due or breached:
+        table(
+            [
+                [
+                    f"#{t.number}",
+                    t.status,
+                    t.priority,
+                    t.queue,
+                    t.tier,
+                    *(_due(d, now) for d in tickets.due_times(t)),
+                    t.subject,
+                ]
+                for t in rows
+            ],
+            [
+                "ticket",
+                "status",
+                "prio",
+                "queue",
+                "tier",
+                "first response",
+                "update",
+                "resolution",
+                "subject",
+            ],
+        )
         return
     table(
         [[f"#{t.number}", t.status, t.priority, t.queue, t.requester, t.subject] for t in rows],
         ["ticket", "status", "prio", "queue", "requester", "subject"],
     )
+
+
+def _due(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return "-"
+    return when.strftime("%Y-%m-%d %H:%M") + (" LATE" if when <= now else "")
 
 
 @ticket.command("show")
@@ -64,6 +110,11 @@ def ticket_show(obj: Ctx, number: int, as_json: bool) -> None:
     for key in ("status", "priority", "queue", "tier", "requester", "assignee", "tags", "fields", "cc"):
         if data[key] not in (None, [], {}):
             click.echo(f"  {key:<10} {data[key]}")
+    for name, when in data["due"].items():
+        if when:
+            click.echo(f"  {'due':<10} {name.replace('_', ' ')} {when}")
+    if any(data["due"].values()):
+        click.echo(f"  {'':<10} (how: `mailticket sla explain {t.number}`)")
     if data["previous_tickets"]:
         click.echo(f"  {'previous':<10} " + ", ".join(f"#{n}" for n in data["previous_tickets"]))
     for m in data["messages"]:
