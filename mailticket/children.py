@@ -1,7 +1,7 @@
-"""The daemon's two child processes: the worker and the outbox sender.
+"""The daemon's three child processes: the worker, the outbox sender and the timers.
 
 Their place in the flow (docs/architecture.md section 2): the supervisor
-(`daemon.py`) spawns each as `child_main(Kind, ...)`, which has one shape for both:
+(`daemon.py`) spawns each as `child_main(Kind, ...)`, which has one shape for all:
 set up (configuration, logging, `Kind.open`), announce `ready`, serve until the
 supervisor says stop, close.
 
@@ -10,6 +10,11 @@ supervisor says stop, close.
 - `OutboxProcess` delivers what is due, when the worker woke it and at least every
   `[daemon] outbox_interval` seconds (retries come due on their own), at a lower
   CPU priority (`OUTBOX_NICE`).
+- `TimersProcess` runs one pass of the timed jobs (`jobs.tick`: SLA warnings and
+  escalations, status updates, reminders, auto-resolve, closing) every `[daemon]
+  tick_interval` seconds from an APScheduler `BlockingScheduler`, and wakes the
+  outbox when a pass queued mail.  The scheduler only wakes the passes: what is due
+  and what was done is in the ticket rows, so a restart loses and repeats nothing.
 
 A child tells the supervisor what it needs to know through its events pipe, as a
 `Report`: ready, a change of state (its passes fail, or work again), the figures of
@@ -29,14 +34,18 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timezone
 from typing import ClassVar, Literal, NoReturn
 
+from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import-untyped]
+from apscheduler.schedulers.blocking import BlockingScheduler  # type: ignore[import-untyped]
+
 from . import config as config_mod
-from . import outbox
+from . import jobs, outbox
 from .app import App, load_ruleset, open_app
 from .clock import Clock, SystemClock
 from .config import Config
-from .db import TRANSIENT_ERRORS, Database, open_database, reset_connection
+from .db import TRANSIENT_ERRORS, Database, open_database, reset_connection, writing
 from .errors import MailticketError, RulesError, StorageError
 from .notify import Templates
 from .pipeline import Env, Pipeline, Result
@@ -79,8 +88,10 @@ def setup_logging(fmt: str, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiosmtpd logs every connection and disconnection at INFO: noise at any volume.
+    # aiosmtpd logs every connection and disconnection at INFO: noise at any volume;
+    # APScheduler every run of a job (the timers log what their passes did instead).
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -95,7 +106,7 @@ class Report:
     """
 
     kind: Literal["ready", "state", "results", "delivery"]
-    child: str  # "worker" or "outbox"
+    child: str  # "worker", "outbox" or "timers"
     problem: str | None = None
     results: tuple[tuple[str, str, float | None], ...] = ()
     delivery: outbox.Delivery | None = None
@@ -415,3 +426,113 @@ class OutboxProcess(ChildProcess):
             log.error("reload: %s; the outbox keeps the last good configuration", exc)
             return False
         return True
+
+
+# --- the timers process -----------------------------------------------------------------
+
+
+class TimersProcess(ChildProcess):
+    """One pass of the timed jobs every `tick_interval` seconds, the first at start.
+
+    APScheduler's interval job runs in the scheduler's one pool thread (one database
+    connection), `coalesce` and `max_instances=1`: a pass that overruns its interval is
+    not doubled, and passes missed meanwhile (a suspended machine) become one.  A pass
+    that fails on the database backs off (`Status`): later runs are skipped until the
+    delay has passed, and within a long interval the pass is tried again sooner.
+    """
+
+    name = "timers"
+
+    def __init__(
+        self, app: App, config_path: str | None, life: Lifecycle, events, outbox_wake: Wakeup
+    ) -> None:
+        super().__init__(config_path, life, events)
+        self.app, self.outbox_wake = app, outbox_wake
+        self.interval = app.config.daemon.tick_interval
+        self.retry_at = 0.0  # monotonic time before which scheduled runs are skipped
+        self.scheduler = BlockingScheduler(
+            timezone=timezone.utc, executors={"default": ThreadPoolExecutor(max_workers=1)}
+        )
+
+    @classmethod
+    def open(
+        cls, cfg: Config, config_path: str | None, life: Lifecycle, events, *wakeups: Wakeup
+    ) -> TimersProcess:
+        (outbox_wake,) = wakeups
+        return cls(open_app(cfg), config_path, life, events, outbox_wake)
+
+    def close(self) -> None:
+        self.app.close()
+
+    def serve(self) -> None:
+        self.scheduler.add_job(
+            self.run,
+            "interval",
+            seconds=self.interval,
+            id="timers",
+            coalesce=True,
+            max_instances=1,
+            next_run_time=self.app.clock.now(),  # the first pass at start: catch up at once
+        )
+        watcher = threading.Thread(target=self.watch, name="timers-watch", daemon=True)
+        watcher.start()
+        self.scheduler.start()  # blocks until `watch` shuts it down
+        watcher.join()
+
+    def watch(self) -> None:
+        """Shut the scheduler down when it is time to stop (it waits for a running pass,
+        never for the next interval); SIGHUP reloads meanwhile."""
+        while self.life.running():
+            if self.life.take_reload():
+                self.reload()
+            self.life.terminate.wait(0.5)
+        while not self.scheduler.running:  # stopped before the scheduler got going
+            self.life.terminate.wait(0.05)
+        self.scheduler.shutdown(wait=True)
+
+    def run(self) -> None:
+        """The scheduled job: one pass, tried again while it fails and the interval lasts."""
+        if time.monotonic() < self.retry_at:
+            return  # backing off after a failed pass
+        deadline = time.monotonic() + self.interval
+        while self.life.running():
+            if self.tick():
+                self.retry_at = 0.0
+                return
+            self.retry_at = time.monotonic() + self.status.delay
+            if self.retry_at >= deadline:
+                return  # a later run tries again
+            self.life.pause(self.status.delay)
+
+    def tick(self) -> bool:
+        """One pass of every timed job as of now, in one transaction; False when it failed."""
+        assert self.app.pipeline is not None  # opened for processing
+        env = self.app.pipeline.env
+        try:
+            with writing(), self.app.db.atomic():
+                done = jobs.tick(env, env.clock.now())
+        except Exception as exc:  # noqa: BLE001 - rolled back; the tickets stay due
+            self.status.failed("could not run the timed jobs", exc)
+            return False
+        self.status.worked()
+        for action in done.actions:
+            rest = ", ".join(f"{k} {v}" for k, v in action.items() if k not in ("ticket", "action"))
+            log.info("timers: #%s %s%s", action["ticket"], action["action"], f" ({rest})" if rest else "")
+        if done.actions:
+            self.outbox_wake.set()  # what the pass queued is committed: send it
+        return True
+
+    def reload(self) -> None:
+        """SIGHUP: new configuration (SLA terms), rules and templates, or keep the last good
+        ones; the interval takes effect on restart."""
+        try:
+            cfg = config_mod.load(self.config_path)
+            rules = load_ruleset(cfg)
+            templates = Templates(cfg.paths.templates)
+        except MailticketError as exc:
+            log.error("reload: %s; the timers keep the last good configuration", " ".join(str(exc).split()))
+            return
+        self.app.config, self.app.rules = cfg, rules
+        # The next pass takes the new Env (one attribute, swapped whole).
+        self.app.pipeline = Pipeline(Env(cfg, rules, clock=self.app.clock, templates=templates))
+        log.info("timers: new configuration, rules and templates in use")

@@ -208,6 +208,8 @@ class Daemon:
     http: str = "127.0.0.1:8025"
     # Seconds between outbox runs (retries fall due on their own schedule).
     outbox_interval: int = 5
+    # Seconds between passes of the timed jobs (SLA, updates, reminders, closing).
+    tick_interval: int = 60
     # Seconds SIGTERM waits for in-flight work before giving up.
     drain_seconds: int = 30
     log_format: str = "text"  # text | json
@@ -309,6 +311,7 @@ _RANGES: dict[tuple[str, str], tuple[int | None, int | None]] = {
     ("smtp", "idle_timeout"): (1, None),
     ("imap", "poll_interval"): (1, None),
     ("daemon", "outbox_interval"): (1, None),
+    ("daemon", "tick_interval"): (1, None),
     ("daemon", "drain_seconds"): (1, None),
     ("agents", "reply_days"): (1, None),
     ("agents", "notification_limit"): (1, None),

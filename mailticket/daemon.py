@@ -1,4 +1,4 @@
-"""`mailticket run`: the long-running service, as three processes.
+"""`mailticket run`: the long-running service, as four processes.
 
 - The main process holds the incoming edges and the supervisor: the SMTP/LMTP
   listener and one IMAP poller thread per mailbox only store raw messages
@@ -6,6 +6,8 @@
   `/metrics`; signals are handled here.
 - The worker process runs the pipeline over pending inbox rows.
 - The outbox process delivers what the pipeline queued.
+- The timers process runs the timed jobs (SLA, updates, reminders, closing) every
+  `[daemon] tick_interval` seconds and wakes the outbox when they queued mail.
 
 This module is the supervisor; the children's side (their loops, signals, backoff
 and the `Report`s they send) is `children.py`.
@@ -32,10 +34,11 @@ address in use, an unreadable certificate) stops the start before any child runs
 with one line that names it.
 
 Signals: SIGTERM (and SIGINT) stop accepting, let in-flight messages get their
-reply, then the worker processes what is stored and exits, then the outbox
-process sends what was queued and exits; the daemon exits 0.  SIGHUP reloads the
-configuration, rules and templates in the worker and the outgoing settings in the
-outbox process; a broken edit is logged and the last good version kept.
+reply, then the worker processes what is stored and the timers finish their pass
+(no new one starts) and both exit, then the outbox process sends what was queued
+and exits; the daemon exits 0.  SIGHUP reloads the configuration, rules and
+templates in the worker and the timers and the outgoing settings in the outbox
+process; a broken edit is logged and the last good version kept.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from .children import (
     ChildProcess,
     OutboxProcess,
     Report,
+    TimersProcess,
     Wakeup,
     WorkerProcess,
     child_main,
@@ -170,7 +174,8 @@ class Daemon:
         self.outbox_wake = Wakeup()  # wakes the outbox when the worker queued mail
         self.worker = Child(WorkerProcess, config_path, self.wake, self.outbox_wake)
         self.outbox = Child(OutboxProcess, config_path, self.outbox_wake)
-        self.children = (self.worker, self.outbox)
+        self.timers = Child(TimersProcess, config_path, self.outbox_wake)
+        self.children = (self.worker, self.outbox, self.timers)
         self.threads: list[threading.Thread] = []
         self.listener: Listener | None = None
         self.http: HttpEndpoint | None = None
@@ -301,12 +306,13 @@ class Daemon:
         ok = not problems
         if self.transport_error:
             problems["smarthost"] = self.transport_error
-        detail = {name: name not in problems for name in ("worker", "outbox", "edges", "database")}
+        detail = {name: name not in problems for name in ("worker", "outbox", "timers", "edges", "database")}
         detail["outbox"] = detail["outbox"] and "smarthost" not in problems
         return ok, {**detail, "problems": problems}
 
     def reload(self) -> None:
-        """SIGHUP: the worker reloads configuration, rules and templates, the outbox [outgoing]."""
+        """SIGHUP: the worker and the timers reload configuration, rules and templates, the
+        outbox [outgoing]."""
         log.info("reload requested")
         for child in self.children:
             child.reload()
@@ -321,10 +327,12 @@ class Daemon:
             if t.name.startswith("imap:"):
                 t.join(timeout=drain)
         code = 0
-        # In order: the worker processes what the edges stored, then the outbox sends
-        # what the worker queued.
-        for child, wake in ((self.worker, self.wake), (self.outbox, self.outbox_wake)):
-            wake.set()
+        # In order: the worker processes what the edges stored while the timers finish
+        # their pass, then the outbox sends what both queued.
+        self.timers.stop.set()
+        for child, wake in ((self.worker, self.wake), (self.timers, None), (self.outbox, self.outbox_wake)):
+            if wake is not None:
+                wake.set()
             if not child.finish(drain):
                 code = 1
         if self.http is not None:

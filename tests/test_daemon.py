@@ -167,7 +167,7 @@ def test_outbox_process_yields_the_cpu_and_takes_a_new_folder_on_sighup(daemon, 
     daemon.start()
     health = json.loads(daemon.get("/healthz"))
     assert health["ok"] and health["outbox"] and health["worker"]
-    assert sorted(children(daemon.proc.pid).values()) == [0, 10]  # worker, outbox
+    assert sorted(children(daemon.proc.pid).values()) == [0, 0, 10]  # worker, timers, outbox
     daemon.send(mail(subject="First"))
     wait_for(lambda: list((helpdesk.root / "var" / "outgoing").glob("*.eml")), what="the first ack")
     moved = helpdesk.root / "moved-outgoing"
