@@ -453,12 +453,14 @@ def first_response_promise(t: Ticket, env: Env, now: datetime) -> dict:
 
 def timers_step(run: Run, env: Env) -> None:
     """The SLA due times of the tickets this message made or changed (sla.refresh), before
-    the acknowledgement that states when the first response is due."""
+    the acknowledgement that states when the first response is due.  A reply that changes
+    none of what they follow from (sla.MATTERS) leaves them: most replies cost nothing here."""
     if run.ticket is None:
         return
     now = env.clock.now()
     for t in [run.ticket, *run.extra_tickets]:
-        sla.refresh(t, env.config, now, new=run.is_new, pending=run.events)
+        if run.is_new or any(e["ticket"] == t.number and e["kind"] in sla.MATTERS for e in run.events):
+            sla.refresh(t, env.config, now, new=run.is_new, pending=run.events)
 
 
 def notify_step(run: Run, env: Env) -> None:

@@ -26,6 +26,10 @@ TIMERS = ("first_response", "update", "resolution")
 PAUSED = frozenset({"pending", "on-hold", "resolved", "closed"})  # the SLA clocks stop
 DONE = frozenset({"resolved", "closed"})
 NO_UPDATES = frozenset({"pending", "resolved", "closed"})  # waiting on the customer, or done
+# The events after which the due times may move; any other change leaves them as they are.
+MATTERS = frozenset(
+    {"status", "priority", "queue", "sla_policy", "update_every", "first-response", "merged-from"}
+)
 
 
 @dataclass(frozen=True)
