@@ -52,8 +52,19 @@ class Outcome:
 # --- commands ----------------------------------------------------------------------------
 
 
-def apply(ticket: Ticket, commands: list[Command], *, agent: Agent, now: datetime, env: Env) -> list[Outcome]:
+def apply(
+    ticket: Ticket,
+    commands: list[Command],
+    *,
+    agent: Agent,
+    now: datetime,
+    env: Env,
+    with_reply: bool = False,
+) -> list[Outcome]:
     """Apply each command to `ticket` in order as `agent`; one Outcome per command.
+
+    `#status resolved` sends the customer the `resolution` mail (how to reopen), unless
+    `with_reply`: the agent's own text, relayed by the caller, is then the closing word.
 
     A refused command changes nothing; the others still apply (each line is a request
     of its own, as a person would read them).  `#note` is the caller's (it decides what
@@ -64,7 +75,7 @@ def apply(ticket: Ticket, commands: list[Command], *, agent: Agent, now: datetim
         why = validate(cmd)
         if why is None:
             try:
-                detail, done = _command(ticket, cmd, agent=agent, now=now, env=env)
+                detail, done = _command(ticket, cmd, agent=agent, now=now, env=env, with_reply=with_reply)
             except TicketError as exc:
                 detail, done = str(exc), []
                 why = detail
@@ -76,7 +87,7 @@ def apply(ticket: Ticket, commands: list[Command], *, agent: Agent, now: datetim
 
 
 def _command(
-    ticket: Ticket, cmd: Command, *, agent: Agent, now: datetime, env: Env
+    ticket: Ticket, cmd: Command, *, agent: Agent, now: datetime, env: Env, with_reply: bool = False
 ) -> tuple[str, list[dict]]:
     """Apply one well-formed command: what was done, and its events.  Raises TicketError
     (with the reason for the agent) when it cannot be done."""
@@ -89,7 +100,7 @@ def _command(
 
     if name == "status":
         detail, done = change({"status": args[0].lower()})
-        if done and ticket.status == "resolved":
+        if done and ticket.status == "resolved" and not with_reply:
             done += jobs.tell_resolved(ticket, env, now, agent_name=agent.name or agent.email)
         return detail, done
     if name == "priority":

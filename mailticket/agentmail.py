@@ -132,7 +132,8 @@ def agent(run: Run, env: Env) -> None:
     acting = [c for c in found if c.name != "note"]
     outcome = "commands"
     if acting:
-        outcomes = actions.apply(t, acting, agent=who, now=now, env=env)
+        replying = bool(text.strip()) and not is_note
+        outcomes = actions.apply(t, acting, agent=who, now=now, env=env, with_reply=replying)
         actions.confirm(t, agent=who, outcomes=outcomes, now=now, env=env)
         run.note(f"commands: {sum(o.ok for o in outcomes)} done, {sum(not o.ok for o in outcomes)} refused")
     if text.strip() and is_note:

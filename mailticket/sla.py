@@ -60,6 +60,8 @@ def terms(ticket: Ticket, config) -> Terms:
         name, source = ticket.sla_policy, "set on the ticket"
     elif queue and queue.sla:
         name, source = queue.sla, f"queue {ticket.queue}"
+    elif ticket.sla_policy:  # a rule's `sla:` naming no policy: say so where it is explained
+        source = f"no policy {ticket.sla_policy!r} in [sla.policies]: the default"
     policy = sla.policies.get(name)
     p = ticket.priority
 

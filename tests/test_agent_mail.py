@@ -342,3 +342,20 @@ def test_merge_moves_the_mail_and_the_people_and_later_mail_follows(desk):
     assert res.exit_code != 0 and "merged into #1 already" in res.output
     res = desk.cli("ticket", "set", "1", "--as", BOB, "--merge-into", "1")
     assert res.exit_code != 0 and "cannot be merged into itself" in res.output
+
+
+def test_resolving_tells_the_customer_once_how_to_reopen_or_with_the_agents_own_words(desk):
+    [res] = desk.ingest(client_reply("#status resolved", to=signed()))
+    assert res["outcome"] == "commands"
+    [resolution] = delivered(desk, "resolution")
+    assert resolution["To"] == "alice@customer.test" and "[#1]" in resolution["Subject"]
+    assert "7 days" in resolution.get_content()  # the reopen window
+    assert desk.show(1)["status"] == "resolved"
+    # A reply within the window reopens it; resolving with text sends that text, no template.
+    desk.ingest(mail(subject="Re: [#1] Printer is broken", body="It broke again.\n"))
+    assert desk.show(1)["status"] == "open"
+    [res] = desk.ingest(client_reply("#status resolved\n\nReplaced the fuser; it prints now.", to=signed()))
+    assert res["outcome"] == "agent-reply"
+    assert kinds(desk).count("resolution") == 1
+    replies = delivered(desk, "reply")
+    assert replies and all("fuser" in m.get_content() for m in replies)

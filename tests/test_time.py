@@ -172,6 +172,14 @@ def test_updates_count_open_hours_from_the_last_mail_and_update_commands(office)
     assert desk.ticket().update_every == 2880
     desk.command(1, "#update now")
     assert len(desk.outbox("update")) == 2
+    # The same from the command line, recorded under the agent's name.
+    res = desk.hd.cli("ticket", "set", "1", "--as", BOB, "--update", "off", "--json")
+    assert res.exit_code == 0, res.output
+    assert desk.ticket().update_every == 0
+    change = [e for e in desk.ticket().events if e.kind == "update_every" and e.detail["to"] == 0][-1]
+    assert change.actor == BOB
+    res = desk.hd.cli("ticket", "set", "1", "--as", BOB, "--update", "soon")
+    assert res.exit_code != 0 and "#update takes an interval" in res.output
 
 
 def test_pending_pauses_the_clock_reminds_once_resolves_then_closes(office):
@@ -222,3 +230,37 @@ def test_sla_explain_names_the_holidays_and_the_cli_ticks_dry_and_wet(office, he
     assert "(none)" in helpdesk.cli("ticket", "list", "--breached", "--at", "2026-12-24T16:00+01:00").output
     human = helpdesk.cli("ticket", "list", "--breached", "--at", at).output
     assert "#1" in human and "LATE" in human
+
+
+def test_a_rules_sla_policy_and_a_queues_calendar_set_the_due_time(office, helpdesk, tmp_path):
+    helpdesk.write_config(
+        f'[agents]\nsecret_file = "{tmp_path / "secret"}"\n' + OFFICE + """
+[calendars.always]
+hours = "24/7"
+
+[sla.policies.gold]
+first_response = { P3 = 60 }
+calendar = "always"
+
+[queues.billing]
+calendar = "always"
+""", timezone="Europe/Brussels")
+    helpdesk.rule_file("20-vip.yaml", """
+        - name: vip
+          when: {subject: {contains: VIP}}
+          then: {sla: gold}
+        - name: billing
+          when: {subject: {contains: invoice}}
+          then: {queue: billing}
+    """)
+    desk = office(local(2026, 12, 19, 11, 0))  # Saturday: the office is closed
+    desk.ingest(mail(subject="VIP printer"))
+    desk.ingest(mail(subject="An invoice", sender="carl@customer.test"))
+    gold, billing = desk.ticket(1), desk.ticket(2)
+    assert gold.sla_policy == "gold"
+    assert gold.due_first_response == local(2026, 12, 19, 12, 0).astimezone(timezone.utc)  # 24/7, 60 min
+    # The billing queue's calendar is 24/7 too, with [sla]'s 480 minutes for a P3.
+    assert billing.due_first_response == local(2026, 12, 19, 19, 0).astimezone(timezone.utc)
+    data = json.loads(helpdesk.cli("sla", "explain", "1", "--json").output)
+    assert (data["policy"], data["policy_source"]) == ("gold", "set on the ticket")
+    assert json.loads(helpdesk.cli("sla", "explain", "2", "--json").output)["calendar"].startswith("always")

@@ -215,6 +215,11 @@ def ticket_note(obj: Ctx, number: int, as_agent: str, body, as_json: bool) -> No
 @click.option("--untag", "untags", multiple=True, metavar="WORD", help="Remove a tag (repeatable).")
 @click.option("--field", "fields", multiple=True, metavar="KEY=VALUE", help="Set a field (repeatable).")
 @click.option(
+    "--update",
+    metavar="INTERVAL",
+    help="The customer's status updates: every 2d, 4h, 30m..., off, or now (one at once).",
+)
+@click.option(
     "--merge-into", type=int, metavar="N", help="Merge into ticket N: its messages and people move there."
 )
 @json_option
@@ -232,6 +237,7 @@ def ticket_set(
     tags,
     untags,
     fields,
+    update,
     merge_into,
 ) -> None:
     """Change ticket NUMBER as the agent would by mail (#status, #assign, ...): all or nothing."""
@@ -243,6 +249,8 @@ def ticket_set(
         if not sep:
             raise click.ClickException(f"--field {pair}: write KEY=VALUE")
         lines.append(f"#field {key} {value}")
+    if update:
+        lines.append(f"#update {update}")
     if merge_into:
         lines.append(f"#merge {merge_into}")  # last: the ticket is closed after it
     found, _ = commands.parse("\n".join(lines))

@@ -28,6 +28,7 @@ ACTIONS = (
     "tier",
     "assignee",
     "group",
+    "sla",
     "tags",
     "fields",
     "extract",
@@ -167,12 +168,12 @@ def parse_then(r: Reader, v: Any, parent: Any) -> tuple[Actions, bool]:
     stop = False
     for k, val in v.items():
         k = str(k)
-        if k in ("queue", "assignee", "group", "template"):
+        if k in ("queue", "assignee", "group", "template", "sla"):
             got = strings(r, val, v, k)
             if got is not None and len(got) != 1:
                 r.bad(v, k, f"{k} takes one value")
             elif got is not None:
-                sets[k] = got[0]
+                sets["sla_policy" if k == "sla" else k] = got[0]
         elif k == "priority":
             p = PRIORITY_NAMES.get(str(val).strip().lower()) if isinstance(val, str) else None
             if p is None:

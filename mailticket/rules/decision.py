@@ -48,6 +48,7 @@ class Decision:
     tier: int | None = _field(None, ticket=SET)
     assignee: str | None = _field(None, ticket=SET)
     group: str | None = _field(None, ticket=SET)
+    sla_policy: str | None = _field(None, ticket=SET, show=lambda _, v: [f"sla: {v}"] if v else [])
     template: str | None = _field(None)  # acknowledgement template kind, e.g. "ack-billing"
     tags: tuple[str, ...] = _field((), ticket=ADD, show=_joined)
     fields: dict[str, str] = _field(
