@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/run.py [--quick]
 
 --quick uses smaller inputs (a few minutes in all); without it, the sizes the issues
-name (10,000 messages for ingest and the IMAP backlog, 5,000 over SMTP).
+name (10,000 messages for ingest and the IMAP backlog, 5,000 over SMTP, 100,000 open
+tickets for the timed jobs' pass; --quick: 20,000).
 
 Each benchmark prints its figures to the terminal as it goes, and its targets both as
 `target ...` lines and as JSON lines to the file named in $BENCH_TARGETS (targets.py),
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller inputs")
     args = ap.parse_args()
     n_ingest, n_smtp, n_imap = (2000, 1000, 2000) if args.quick else (10000, 5000, 10000)
+    n_tickets = 20000 if args.quick else 100000
     runs = [
         ["bench_rules.py"],
         ["bench_ingest.py", "--messages", str(n_ingest)],
@@ -70,6 +72,7 @@ def main() -> None:
         ["bench_smtp.py", "--messages", str(n_smtp)],
         ["bench_imap.py", "--messages", str(n_imap)],
         ["bench_daemon.py", "--smtp", str(n_smtp), "--imap", str(n_imap)],
+        ["bench_timers.py", "--tickets", str(n_tickets)],
     ]
     results = []
     for cmd in runs:

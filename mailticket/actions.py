@@ -218,8 +218,8 @@ def reply(
     }
     if ticket.cc:
         headers["Cc"] = ", ".join(ticket.cc)
-    for to in people:  # one row per recipient: the outbox sends each row to its `to`
-        notify.queue(
+    rows = [  # one row per recipient: the outbox sends each row to its `to`
+        notify.outbox_row(
             kind="reply",
             ticket=ticket.number,
             mail_from=hd.address,
@@ -231,6 +231,9 @@ def reply(
             automatic=False,
             attachments=files,
         )
+        for to in people
+    ]
+    notify.queue_rows(rows, now)
     message = _message(agent, "out", "agent-reply", msgid, rendered.subject, text, to=[ticket.requester])
     message["cc"] = list(ticket.cc or [])
     events = tickets.add_message(ticket, message, attachments, actor=agent.email, now=now)
@@ -241,7 +244,7 @@ def reply(
         events.append(tickets.event(ticket, agent.email, "first-response", {"at": now.isoformat()}))
     events.append(tickets.event(ticket, agent.email, "reply", {"message_id": msgid, "to": people}))
     tickets.save_events(events, now)
-    sla.refresh(ticket, env.config, now)
+    sla.refresh(ticket, env.config, now, sent=now)
     return msgid
 
 

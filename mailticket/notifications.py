@@ -14,8 +14,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from . import auth, models, tickets
-from .models import Outbox
-from .notify import MAX_SUBJECT, agent_blocks, make_msgid, outbox_row, queue_rows, reply_headers
+from .models import Outbox, Ticket
+from .notify import (
+    MAX_SUBJECT,
+    agent_counts,
+    bounced_reason,
+    make_msgid,
+    outbox_row,
+    queue_rows,
+    reply_headers,
+)
 from .parsers.quotes import MARKER
 
 # MARKER, the first line of every notification, is where the quote stripper cuts an
@@ -61,7 +69,7 @@ def notify_agents(
     who wrote as a customer hears nothing of their own message), nor our own addresses.
     Each gets the template in their language, a Reply-To signed for them and this
     ticket, the signed note address in the body, and counts against the automatic-mail
-    limit of their address (`agent_blocks`).  A helpdesk with no agents and no
+    limit of their address (`[agents] notification_limit`).  A helpdesk with no agents and no
     rule's `notify:` pays one query of the agents, nothing more.
 
     `kind` is the outbox kind and the template (`warning`, `escalation` from the timed
@@ -73,79 +81,132 @@ def notify_agents(
     events, recipients = _recipients(ticket, active, also, author, env.config)
     if not recipients:
         return events
-    hd, token = env.config.helpdesk, env.tokens.format(ticket.number)
-    expires = now + timedelta(days=env.config.agents.reply_days)
-    secret, by_address = env.agent_secret(), {a.email: a for a in active}
+    by_address = {a.email: a for a in active}
     who = by_address[author].name if author in by_address else author or "system"
     if author and author == ticket.requester and ticket.requester_name:
         who = f"{ticket.requester_name} <{author}>"
-    context = dict(
-        token=token,
-        ticket=ticket,
-        why=why,
-        who=who,
-        rules=", ".join(rules),
-        text=text[:MAX_NOTIFIED_TEXT],
-        history=tickets.history(ticket, new_text=text),
-        previous=tickets.previous(ticket),
-        helpdesk=hd.name,
-        marker=MARKER,
-        **(extra or {}),
-    )
-    earlier = _earlier_notifications(ticket.number)
-    blocks = agent_blocks([r.address for r in recipients], env.config.agents.notification_limit, now)
+    intent = Intent(ticket, why, text, who, now, recipients, rules, kind, extra or {})
+    if env.deferred is not None:  # the worker sends a batch's notifications together
+        env.deferred.append(intent)
+        return events
+    return events + send([intent], env)
+
+
+@dataclass
+class Intent:
+    """A notification decided on (its recipients known), to be rendered and queued by `send`."""
+
+    ticket: Ticket
+    why: str
+    text: str
+    who: str
+    now: datetime
+    recipients: list[Recipient]
+    rules: tuple[str, ...]
+    kind: str
+    extra: dict
+
+
+def send(intents: list[Intent], env) -> list[dict]:
+    """Render and queue the notifications of `intents`, reading what they show for all of
+    them at once: the histories, the previous tickets, the earlier notifications (to
+    thread to) and the recipients' limits are a query each, the outbox rows one INSERT,
+    whether one notification or a worker batch's hundreds.  The `notified` and
+    `notify-skipped` events, to be written by the caller."""
+    if not intents:
+        return []
+    hd = env.config.helpdesk
+    now = max(i.now for i in intents)
+    secret = env.agent_secret()
+    shown = tickets.histories([(i.ticket.number, i.text, i.now) for i in intents])
+    before = tickets.previous_many([i.ticket for i in intents])
+    earlier = _earlier_notifications(sorted({i.ticket.number for i in intents}))
+    addresses = sorted({r.address for i in intents for r in i.recipients})
+    limit = env.config.agents.notification_limit
+    counts, marks = agent_counts(addresses, now)
+    events: list[dict] = []
     rows = []
-    for r in recipients:
-        blocked = blocks[r.address]
-        if blocked:
-            events.append(
-                tickets.event(ticket, "system", "notify-skipped", {"to": r.address, "why": blocked})
-            )
-            continue
-
-        def signed(purpose: str, to: str = r.address) -> str:
-            return auth.reply_address(
-                hd.address, ticket=ticket.number, agent=to, purpose=purpose, expires=expires, secret=secret
-            )
-
-        rendered = env.templates.render(
-            kind,
-            r.language or hd.language,
-            hd.language,
-            agent=r,
-            note_address=signed("note"),
-            **context,
+    for intent, history, previous in zip(intents, shown, before):
+        ticket = intent.ticket
+        token = env.tokens.format(ticket.number)
+        expires = intent.now + timedelta(days=env.config.agents.reply_days)
+        context = dict(
+            token=token,
+            ticket=ticket,
+            why=intent.why,
+            who=intent.who,
+            rules=", ".join(intent.rules),
+            text=intent.text[:MAX_NOTIFIED_TEXT],
+            history=history,
+            previous=previous,
+            helpdesk=hd.name,
+            marker=MARKER,
+            **intent.extra,
         )
-        parent = earlier.get(r.address)
-        headers = {
-            "From": email.utils.formataddr((hd.name, hd.address)),
-            "Reply-To": signed("reply"),
-            **reply_headers(
-                parent, [parent] if parent else [], None, ticket.subject[:MAX_SUBJECT], now, False
-            ),
-            # RFC 3834 section 5: not a response to a message, made by a program; and
-            # ask Exchange not to answer it with the agent's out-of-office.
-            "Auto-Submitted": "auto-generated",
-            "X-Auto-Response-Suppress": "All",
-        }
-        msgid = make_msgid(hd.domain)
-        rows.append(
-            outbox_row(
-                kind=kind,
-                ticket=ticket.number,
-                mail_from=hd.address,
-                to=r.address,
-                rendered=rendered,
-                headers=headers,
-                message_id=msgid,
-                now=now,
-                automatic=True,
+        threads = earlier.setdefault(ticket.number, {})
+        for r in intent.recipients:
+            blocked = _blocked(r.address, marks.get(r.address), counts.get(r.address, 0), limit)
+            if blocked:
+                events.append(
+                    tickets.event(ticket, "system", "notify-skipped", {"to": r.address, "why": blocked})
+                )
+                continue
+            counts[r.address] = counts.get(r.address, 0) + 1
+
+            def signed(purpose: str, to: str = r.address, number: int = ticket.number, until=expires) -> str:
+                return auth.reply_address(
+                    hd.address, ticket=number, agent=to, purpose=purpose, expires=until, secret=secret
+                )
+
+            rendered = env.templates.render(
+                intent.kind,
+                r.language or hd.language,
+                hd.language,
+                agent=r,
+                note_address=signed("note"),
+                **context,
             )
-        )
-        detail = {"to": r.address, "why": why, **({"kind": kind} if kind != "notification" else {})}
-        events.append(tickets.event(ticket, "system", "notified", detail))
+            parent = threads.get(r.address)
+            headers = {
+                "From": email.utils.formataddr((hd.name, hd.address)),
+                "Reply-To": signed("reply"),
+                **reply_headers(
+                    parent, [parent] if parent else [], None, ticket.subject[:MAX_SUBJECT], intent.now, False
+                ),
+                # RFC 3834 section 5: not a response to a message, made by a program; and
+                # ask Exchange not to answer it with the agent's out-of-office.
+                "Auto-Submitted": "auto-generated",
+                "X-Auto-Response-Suppress": "All",
+            }
+            msgid = make_msgid(hd.domain)
+            threads[r.address] = msgid  # the next one in this batch threads to this one
+            rows.append(
+                outbox_row(
+                    kind=intent.kind,
+                    ticket=ticket.number,
+                    mail_from=hd.address,
+                    to=r.address,
+                    rendered=rendered,
+                    headers=headers,
+                    message_id=msgid,
+                    now=intent.now,
+                    automatic=True,
+                )
+            )
+            detail = {
+                "to": r.address,
+                "why": intent.why,
+                **({"kind": intent.kind} if intent.kind != "notification" else {}),
+            }
+            events.append(tickets.event(ticket, "system", "notified", detail))
     queue_rows(rows, now)
     return events
+
+
+def _blocked(address: str, bounced: str | None, count: int, limit: int) -> str:
+    if bounced:
+        return bounced_reason(address, bounced)
+    return f"{address} reached {limit} automatic mails this hour" if count >= limit else ""
 
 
 def _recipients(ticket, active, also, author, config) -> tuple[list[dict], list[Recipient]]:
@@ -185,16 +246,20 @@ def notify_targets(ticket, targets: tuple[str, ...], active) -> tuple[list[dict]
     return events, out
 
 
-def _earlier_notifications(number: int) -> dict[str, str]:
-    """The Message-ID of the last notification about ticket `number` to each address: the
+def _earlier_notifications(numbers: list[int]) -> dict[int, dict[str, str]]:
+    """Per ticket, the Message-ID of the last mail to agents about it, by address: the
     next one threads to it (In-Reply-To), so an agent's client shows one conversation."""
+    k = len(numbers)
     rows = models.raw(
         Outbox,
-        ("earlier_notifications",),
+        ("earlier_notifications", k),
         lambda p: (
-            f'SELECT "to_addr", "message_id" FROM "outbox" WHERE "ticket" = {p} '
-            f'AND "kind" IN ({p}, {p}, {p}) ORDER BY "id"'
+            f'SELECT "ticket", "to_addr", "message_id" FROM "outbox" WHERE "ticket" IN '
+            f'({", ".join([p] * k)}) AND "kind" IN ({p}, {p}, {p}) ORDER BY "id"'
         ),
-        [number, "notification", "warning", "escalation"],
+        [*numbers, "notification", "warning", "escalation"],
     )
-    return {row.to_addr: row.message_id for row in rows}
+    out: dict[int, dict[str, str]] = {}
+    for row in rows:
+        out.setdefault(row.ticket, {})[row.to_addr] = row.message_id
+    return out

@@ -263,31 +263,25 @@ def automatic_block(to: str, helpdesk, now: datetime) -> str:
     caps = (helpdesk.auto_reply_limit, helpdesk.auto_reply_limit_domain, helpdesk.auto_reply_limit_total)
     counts, [bounced] = models.automatic_mail_state(scopes, [to.lower()], now)
     if bounced:
-        return _bounced(to, bounced)
+        return bounced_reason(to, bounced)
     for count, cap, scope in zip(counts, caps, (to, f"domain {scopes[1][2:]}", "all recipients")):
         if count >= cap:
             return f"{scope} reached {cap} automatic mails this hour"
     return ""
 
 
-def agent_blocks(addresses: list[str], limit: int, now: datetime) -> dict[str, str]:
-    """`automatic_block` for mail to agents (AGENT_KINDS), several at once: why each of
-    `addresses` must not get one now ("" when it may), under their own hourly `limit`."""
+def agent_counts(addresses: list[str], now: datetime) -> tuple[dict[str, int], dict[str, str]]:
+    """For mail to agents (AGENT_KINDS), several at once: how many automatic mails each of
+    `addresses` had this hour, and the bounce marks among them (the caller holds them to
+    `[agents] notification_limit`)."""
+    if not addresses:
+        return {}, {}
     scopes = [limit_scopes(a, "notification")[0] for a in addresses]
     counts, marks = models.automatic_mail_state(scopes, [a.lower() for a in addresses], now)
-    out = {}
-    for address, count, bounced in zip(addresses, counts, marks):
-        out[address] = (
-            _bounced(address, bounced)
-            if bounced
-            else f"{address} reached {limit} automatic mails this hour"
-            if count >= limit
-            else ""
-        )
-    return out
+    return dict(zip(addresses, counts)), {a: m for a, m in zip(addresses, marks) if m}
 
 
-def _bounced(to: str, status: str) -> str:
+def bounced_reason(to: str, status: str) -> str:
     return f"mail to {to} bounced ({status}); no automatic mail until it writes again"
 
 

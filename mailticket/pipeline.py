@@ -151,6 +151,9 @@ class Env:
         self.bounce_marks = True
         self._agents: list | None = None
         self._secret: bytes | None = None
+        # In a worker batch: the notifications decided on, sent together at its end
+        # (notifications.send); None: each is sent at once.
+        self.deferred: list | None = None
 
     def new_batch(self) -> None:
         """What is read once per worker batch is read again: agents and bounce marks."""

@@ -187,18 +187,25 @@ def timers(
 
 
 def refresh(
-    ticket: Ticket, config, now: datetime, *, new: bool = False, pending: list[dict] | tuple = ()
+    ticket: Ticket,
+    config,
+    now: datetime,
+    *,
+    new: bool = False,
+    pending: list[dict] | tuple = (),
+    sent: datetime | None = None,
 ) -> dict:
     """Recompute `ticket`'s due times and `next_check`; write the ones that moved (no
     event: they follow from what changed).  `new`: the ticket was just made (no status
     changes, nothing sent yet: two queries saved).  `pending`: events of this unit of
-    work not written yet (the pipeline writes a batch's at its end).  Returns what was written."""
+    work not written yet (the pipeline writes a batch's at its end).  `sent`: the caller
+    just mailed the customer (the update interval counts from it).  Returns what was written."""
     t = terms(ticket, config)
     changes = [] if new else status_changes(ticket)
     changes += [
         (now, e["detail"]["to"]) for e in pending if e["kind"] == "status" and e["ticket"] == ticket.number
     ]
-    sent = ticket.created_at if new else last_sent(ticket)
+    sent = sent or (ticket.created_at if new else last_sent(ticket))
     found = timers(ticket, t, changes, sent)
     values = {
         "due_first_response": found["first_response"].due,

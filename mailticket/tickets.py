@@ -16,6 +16,7 @@ They do not commit: the caller holds the transaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import cast
@@ -378,99 +379,141 @@ UNIT_FIELDS = ("serial", "account")
 
 
 def history(ticket: Ticket, *, limit: int = HISTORY_ENTRIES, new_text: str | None = None) -> list[dict]:
-    """The ticket's messages and notes, newest first: who, when, kind, their new text (at
-    most HISTORY_CHARS), and the verdict on an agent's: "agent" for an agent's reply or
-    note (only a proven agent makes one), "forged" for a message its `security` event
-    names.  Our acknowledgements (kind `system`) are not history; nor is the newest
-    message when its text is `new_text` (a notification shows that one on its own)."""
-    rows = cast(
-        "list[dict]",  # .dicts(): peewee's stubs keep the model type
-        list(
-            models.raw(
-                Message,
-                ("history",),
-                lambda p: (
-                    'SELECT "inbox_id" AS "inbox", "kind", "from_addr", "from_name", "date", '
-                    f'"created_at", "text" FROM "message" WHERE "ticket_id" = {p} AND "kind" <> {p} '
-                    f'ORDER BY "id" DESC LIMIT {p}'
-                ),
-                [ticket.number, "system", limit],
-            ).dicts()
+    """`histories` of one ticket."""
+    return histories([(ticket.number, new_text, None)], limit=limit)[0]
+
+
+def _in(p: str, n: int) -> str:
+    return "(" + ", ".join([p] * n) + ")"
+
+
+def histories(
+    asks: list[tuple[int, str | None, datetime | None]], *, limit: int = HISTORY_ENTRIES
+) -> list[list[dict]]:
+    """For each (ticket number, new_text, until): the ticket's messages and notes, newest
+    first: who, when, kind, their new text (at most HISTORY_CHARS), and the verdict on an
+    agent's: "agent" for an agent's reply or note (only a proven agent makes one),
+    "forged" for a message its `security` event names.  Our acknowledgements (kind
+    `system`) are not history; nor are messages stored after `until` (a later message
+    of the same batch), nor the newest message when its text is `new_text` (a
+    notification shows that one on its own).  Two queries for them all."""
+    numbers = sorted({n for n, _, _ in asks})
+    if not numbers:
+        return []
+    k = len(numbers)
+    rows = models.raw(
+        Message,
+        ("histories", k),
+        lambda p: (
+            'SELECT "ticket_id" AS "of_ticket", "inbox", "kind", "from_addr", "from_name", "date", '
+            '"created_at", "text" FROM (SELECT "ticket_id", "inbox_id" AS "inbox", "kind", "from_addr", '
+            '"from_name", "date", "created_at", "text", '
+            'ROW_NUMBER() OVER (PARTITION BY "ticket_id" ORDER BY "id" DESC) AS "rn" '
+            f'FROM "message" WHERE "ticket_id" IN {_in(p, k)} AND "kind" <> {p}) AS "h" '
+            f'WHERE "rn" <= {p} ORDER BY "ticket_id", "rn"'
         ),
-    )
-    if rows and new_text is not None and rows[0]["text"] == new_text:
-        rows = rows[1:]
-    inboxes = {m["inbox"] for m in rows if m["inbox"] is not None}
-    forged = set()
-    if inboxes:
+        [*numbers, "system", limit + 2],  # two more: a batch's later messages may be cut
+    ).dicts()
+    by_ticket: dict[int, list[dict]] = {n: [] for n in numbers}
+    for row in cast("list[dict]", list(rows)):
+        by_ticket[row["of_ticket"]].append(row)
+    forged: dict[int, set] = {}
+    if any(m["inbox"] is not None for ms in by_ticket.values() for m in ms):
         security = models.raw(
             Event,
-            ("security",),
-            lambda p: f'SELECT "detail" FROM "event" WHERE "ticket_id" = {p} AND "kind" = {p}',
-            [ticket.number, "security"],
-        )
-        forged = {e.detail.get("inbox") for e in security} & inboxes
+            ("securities", k),
+            lambda p: (
+                f'SELECT "ticket_id", "detail" FROM "event" WHERE "ticket_id" IN {_in(p, k)} AND "kind" = {p}'
+            ),
+            [*numbers, "security"],
+        ).dicts()
+        for e in cast("list[dict]", list(security)):
+            detail = e["detail"] if isinstance(e["detail"], dict) else json.loads(e["detail"])
+            forged.setdefault(e["of_ticket"], set()).add(detail.get("inbox"))
     out = []
-    for m in rows:
-        text, kind = m["text"] or "", m["kind"]
-        verdict = "agent" if kind in ("agent-reply", "note") else "forged" if m["inbox"] in forged else ""
-        out.append(
-            {
-                "at": m["date"] or m["created_at"],
-                "who": f"{m['from_name']} <{m['from_addr']}>" if m["from_name"] else m["from_addr"],
-                "kind": kind,
-                "text": text if len(text) <= HISTORY_CHARS else text[:HISTORY_CHARS] + " [...]",
-                "verdict": verdict,
-            }
-        )
+    for number, new_text, until in asks:
+        ms = [m for m in by_ticket[number] if until is None or m["created_at"] <= until]
+        if ms and new_text is not None and ms[0]["text"] == new_text:
+            ms = ms[1:]
+        out.append([_entry(m, forged.get(number, set())) for m in ms[:limit]])
     return out
 
 
+def _entry(m: dict, forged: set) -> dict:
+    text, kind = m["text"] or "", m["kind"]
+    verdict = "agent" if kind in ("agent-reply", "note") else "forged" if m["inbox"] in forged else ""
+    return {
+        "at": m["date"] or m["created_at"],
+        "who": f"{m['from_name']} <{m['from_addr']}>" if m["from_name"] else m["from_addr"],
+        "kind": kind,
+        "text": text if len(text) <= HISTORY_CHARS else text[:HISTORY_CHARS] + " [...]",
+        "verdict": verdict,
+    }
+
+
 def previous(ticket: Ticket, *, limit: int = 10) -> list[dict]:
-    """The requester's other tickets (the newest `limit`), then those for the same unit (the
-    same value of a UNIT_FIELDS field, newest `limit` each): number, subject, status,
-    resolved_at, and why ("requester" or "serial=X")."""
-    found: dict[int, dict] = {}
+    """`previous_many` of one ticket."""
+    return previous_many([ticket], limit=limit)[0]
 
-    def add(rows: Iterable[Ticket], why: str) -> None:
-        for t in rows:
-            if t.number != ticket.number and t.number not in found:
-                found[t.number] = {
-                    "number": t.number,
-                    "subject": t.subject,
-                    "status": t.status,
-                    "resolved_at": t.resolved_at,
-                    "why": why,
-                }
 
+def previous_many(ts: list[Ticket], *, limit: int = 10) -> list[list[dict]]:
+    """For each ticket: the requester's other tickets (the newest `limit`), then those for
+    the same unit (the same value of a UNIT_FIELDS field, newest `limit` each): number,
+    subject, status, resolved_at, and why ("requester" or "serial=X").  One query for
+    every requester; one more per unit value, which few tickets have."""
     columns = '"number", "subject", "status", "resolved_at", "fields"'
-    add(
-        models.raw(
-            Ticket,
-            ("previous",),
-            lambda p: (
-                f'SELECT {columns} FROM "ticket" WHERE "requester" = {p} ORDER BY "number" DESC LIMIT {p}'
-            ),
-            [ticket.requester, limit],
-        ),
-        "requester",
-    )
-    for key in UNIT_FIELDS:
-        value = (ticket.fields or {}).get(key)
-        if not isinstance(value, str) or not value:
-            continue
-        # Fields are JSON text on both backends: the pair as JSONField writes it finds
-        # candidates (LIKE; a "_" in the value matches any character), Python confirms.
-        pair = Ticket.fields.db_value({key: value})[1:-1]
+    requesters = sorted({t.requester for t in ts})
+    k = len(requesters)
+    by_requester: dict[str, list[Ticket]] = {}
+    if requesters:
         rows = models.raw(
             Ticket,
-            ("unit",),
-            # (CAST: the column is JSON text on SQLite and PostgreSQL alike.)
+            ("previous_many", k),
             lambda p: (
-                f'SELECT {columns} FROM "ticket" WHERE CAST("fields" AS TEXT) LIKE {p} '
-                f'ORDER BY "number" DESC LIMIT {p}'
+                f'SELECT "requester", {columns} FROM (SELECT "requester", {columns}, ROW_NUMBER() OVER '
+                f'(PARTITION BY "requester" ORDER BY "number" DESC) AS "rn" FROM "ticket" '
+                f'WHERE "requester" IN {_in(p, k)}) AS "r" WHERE "rn" <= {p} ORDER BY "number" DESC'
             ),
-            [f"%{pair}%", limit * 2],
+            [*requesters, limit + 1],  # one more: the ticket itself is among them
         )
-        add([t for t in rows if (t.fields or {}).get(key) == value][:limit], f"{key}={value}")
-    return list(found.values())
+        for row in rows:
+            by_requester.setdefault(row.requester, []).append(row)
+    out = []
+    for ticket in ts:
+        found: dict[int, dict] = {}
+
+        def add(rows: Iterable[Ticket], why: str, ticket: Ticket = ticket, found: dict = found) -> None:
+            for t in rows:
+                if t.number != ticket.number and t.number not in found:
+                    found[t.number] = {
+                        "number": t.number,
+                        "subject": t.subject,
+                        "status": t.status,
+                        "resolved_at": t.resolved_at,
+                        "why": why,
+                    }
+
+        add(
+            [t for t in by_requester.get(ticket.requester, []) if t.number != ticket.number][:limit],
+            "requester",
+        )
+        for key in UNIT_FIELDS:
+            value = (ticket.fields or {}).get(key)
+            if not isinstance(value, str) or not value:
+                continue
+            # Fields are JSON text on both backends: the pair as JSONField writes it finds
+            # candidates (LIKE; a "_" in the value matches any character), Python confirms.
+            pair = Ticket.fields.db_value({key: value})[1:-1]
+            rows = models.raw(
+                Ticket,
+                ("unit",),
+                # (CAST: the column is JSON text on SQLite and PostgreSQL alike.)
+                lambda p: (
+                    f'SELECT {columns} FROM "ticket" WHERE CAST("fields" AS TEXT) LIKE {p} '
+                    f'ORDER BY "number" DESC LIMIT {p}'
+                ),
+                [f"%{pair}%", limit * 2],
+            )
+            add([t for t in rows if (t.fields or {}).get(key) == value][:limit], f"{key}={value}")
+        out.append(list(found.values()))
+    return out

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from . import models
+from . import models, notifications
 from .db import TRANSIENT_ERRORS, writing
 from .errors import StorageError
 from .inbox import one_line
@@ -128,9 +128,12 @@ class InboxWorker:
                 # Several daemons on one PostgreSQL database: each takes rows no other
                 # holds, so a message is processed once.
                 rows = todo = list(self._pending(ids, after, size).for_update("FOR UPDATE SKIP LOCKED"))
-            pipeline.env.new_batch()
+            env = pipeline.env
+            env.new_batch()
             events: list[dict] = []  # the batch's ticket events, written once below
-            written = 0
+            # ... and its notifications, rendered and queued together (notifications.send).
+            env.deferred = [] if defer else None
+            written = intents = 0
             for row in todo:
                 # A savepoint: a failure undoes this message only.  On PostgreSQL it is
                 # never released: the commit releases them all, and a RELEASE would cost
@@ -143,20 +146,32 @@ class InboxWorker:
                     if sqlite:
                         db.execute_sql(f"RELEASE SAVEPOINT {point}")
                     out.append(done)
-                    written = len(events)
+                    written, intents = len(events), len(env.deferred or ())
                 except StepFailed as failed:
                     if isinstance(failed.cause, TRANSIENT_ERRORS):
                         raise failed.cause from None  # not this message's fault: undo the batch
                     db.execute_sql(f"ROLLBACK TO SAVEPOINT {point}")
                     del events[written:]  # what this message added, if it failed after
+                    if env.deferred is not None:
+                        del env.deferred[intents:]
                     out.append(self._quarantine(row, failed))
             try:
+                if env.deferred:
+                    at = env.clock.now()
+                    events += [{**e, "at": at} for e in notifications.send(env.deferred, env)]
                 if events:
                     models.insert_many(Event, events)
             except TRANSIENT_ERRORS:
                 raise
             except Exception as exc:
+                log.warning(
+                    "worker: the batch's events and notifications could not be written together "
+                    "(%s); again one message at a time",
+                    one_line(exc),
+                )
                 raise BatchWriteFailed(str(exc)) from exc
+            finally:
+                env.deferred = None
         return out, (rows[-1].id if rows else after), len(rows) == size
 
     def _quarantine(self, row: Inbox, failed: StepFailed) -> Result:
