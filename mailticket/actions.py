@@ -101,7 +101,9 @@ def _command(
     if name == "status":
         detail, done = change({"status": args[0].lower()})
         if done and ticket.status == "resolved" and not with_reply:
-            done += jobs.tell_resolved(ticket, env, now, agent_name=agent.name or agent.email)
+            told = jobs.Pass(env, now, [ticket])
+            done += jobs.tell_resolved(told, ticket, agent_name=agent.name or agent.email)
+            told.flush()
         return detail, done
     if name == "priority":
         return change({"priority": states.priority(" ".join(args))})
@@ -143,9 +145,9 @@ def _command(
         tier = (ticket.tier or 1) + 1
         if tier > env.config.sla.tiers:
             raise TicketError(f"tier {ticket.tier} is the last one")
-        escalated = jobs.escalate(
-            ticket, env, now, jobs.Pass(now), actor=actor, reason=f"#escalate by {agent.name or actor}"
-        )
+        told = jobs.Pass(env, now, [ticket])
+        escalated = jobs.escalate(ticket, told, actor=actor, reason=f"#escalate by {agent.name or actor}")
+        told.flush()
         if escalated is None:
             raise TicketError(f"no group of tier {tier} agents to escalate to")
         return f"tier {tier}, group {ticket.group}", escalated
@@ -165,7 +167,9 @@ def _command(
         return f"merged into #{into.number}", tickets.merge(ticket, into, actor=actor, now=now)
     if name == "update":
         if args[0].lower() == "now":
-            done = jobs.send_update(ticket, env, now, jobs.Pass(now))
+            told = jobs.Pass(env, now, [ticket])
+            done = jobs.send_update(ticket, told)
+            told.flush()
             if not any(e["kind"] == "update" for e in done):
                 raise TicketError("the update was withheld: " + done[0]["detail"].get("why", ""))
             return "update sent to the customer", done

@@ -1,11 +1,13 @@
 """The timed jobs: one pass over the tickets that have something due, as of a time.
 
-Place in the flow: the daemon's scheduler (APScheduler, daemon.py) calls `tick` every
-minute; `mailticket tick [--at] [--dry-run]` calls the same for cron or an admin's
-look ahead.  All state lives in the ticket rows (sla.py's due times, `next_check`,
-`sla_state` recording what was sent for which due time), so a restart, a day of
-downtime or a second daemon loses nothing and sends nothing twice: each ticket is
-claimed by moving its `next_check` (compare-and-set) before anything is done for it.
+Place in the flow: the daemon's timers process (children.py, APScheduler) calls `tick`
+every `[daemon] tick_interval` seconds; `mailticket tick [--at] [--dry-run]` calls the
+same for cron or an admin's look ahead.  All state lives in the ticket rows (sla.py's
+due times, `next_check`, `sla_state` recording what was sent for which due time), so a
+restart, a day of downtime or a second daemon loses nothing and sends nothing twice:
+a pass takes its tickets with `FOR UPDATE SKIP LOCKED` on PostgreSQL (another daemon's
+pass takes others), under the writer lock on SQLite, and their new `next_check` is
+written before the pass commits.
 
 For each ticket whose `next_check` has come:
 - a timer (first response, resolution) near its due time: a `warning` to the assignee
@@ -14,78 +16,185 @@ For each ticket whose `next_check` has come:
   notified (`escalation`) with the full history, and the customer is told (`update`,
   template `escalated`); at the last tier the assignee is warned instead;
 - the update interval elapsed: a status `update` to the customer, inside the ticket's
-  calendar hours (the due time is counted in them);
+  calendar hours (the due time is counted in them), unless this pass told them already;
 - pending for `reminder_days`: one `reminder`; `autoresolve_days` later: resolved, with
   a `resolution` mail (template `autoresolve`);
 - resolved for `reopen_days`: closed.
 Every step is an event by "system" on the ticket; the ticket changes go through
-tickets.change like an agent's.
+tickets.change like an agent's.  A pass reads what its tickets need in a few queries
+for them all and writes its mail, messages and events in one statement each.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import email.utils
+import logging
 from datetime import datetime, timedelta
 
 from . import agents, models, notifications, notify, sla, tickets
 from .calendars import format_when
-from .models import Ticket
+from .db import TRANSIENT_ERRORS
+from .models import Message, SqliteDatabase, Ticket, database_proxy
 
-CLAIM = timedelta(minutes=5)  # a claimed ticket's next_check: another daemon waits that long
-BATCH = 200  # tickets per pass
+log = logging.getLogger(__name__)
+
+BATCH = 1000  # tickets per pass
+RETRY_FAILED = timedelta(hours=1)  # a ticket whose jobs failed is tried again after this
 
 
-@dataclass
 class Pass:
-    """What one pass did (or, dry, would do)."""
+    """One pass, as of `at`: what it did (or, dry, would do), and the customers' mail it
+    queues for its tickets, written together by `flush`."""
 
-    at: datetime
-    actions: list[dict] = field(default_factory=list)
+    def __init__(self, env, at: datetime, batch: list[Ticket] = ()) -> None:  # type: ignore[assignment]
+        self.env, self.at = env, at
+        self.actions: list[dict] = []
+        self.told: set[int] = set()  # tickets whose customer this pass mailed
+        self._rows: list[dict] = []
+        self._messages: list[dict] = []
+        self._parents = tickets.last_customer_message_ids([t.number for t in batch])
+        self._counts, self._marks = notify.customer_counts(sorted({t.requester for t in batch}), at)
 
     def did(self, ticket: Ticket, action: str, **detail) -> None:
         self.actions.append({"ticket": ticket.number, "action": action, **detail})
 
+    def mark(self) -> tuple[int, int, int, int]:
+        return len(self.actions), len(self._rows), len(self._messages), len(self.told)
+
+    def undo(self, mark: tuple[int, int, int, int], ticket: Ticket) -> None:
+        """Forget what the pass did for `ticket` since `mark` (its jobs failed)."""
+        del self.actions[mark[0] :], self._rows[mark[1] :], self._messages[mark[2] :]
+        self.told.discard(ticket.number)
+
+    def tell(self, ticket: Ticket, kind: str, template: str, **context) -> list[dict]:
+        """`template` to `ticket`'s customer as outbox `kind` (update, reminder,
+        resolution), threaded to their last message and recorded on the ticket (the
+        update interval counts from it); or, when the automatic-mail limits say no, the
+        reason.  The events that say which."""
+        env, now = self.env, self.at
+        hd, to = env.config.helpdesk, ticket.requester
+        why = self._blocked(to)
+        if why:
+            self.did(ticket, f"{template}-skipped", why=why)
+            return [tickets.event(ticket, "system", f"{template}-skipped", {"why": why})]
+        rendered = env.templates.render(
+            template,
+            ticket.language,
+            hd.language,
+            token=env.tokens.format(ticket.number),
+            subject=ticket.subject,
+            name=ticket.requester_name,
+            helpdesk=hd.name,
+            ticket=ticket,
+            **context,
+        )
+        if ticket.number not in self._parents:
+            self._parents.update(tickets.last_customer_message_ids([ticket.number]))
+        parent = self._parents.get(ticket.number)
+        msgid = notify.make_msgid(hd.domain)
+        headers = {
+            "From": email.utils.formataddr((hd.name, hd.address)),
+            **notify.reply_headers(
+                parent, [parent] if parent else [], None, ticket.subject[: notify.MAX_SUBJECT], now, True
+            ),
+        }
+        self._rows.append(
+            notify.outbox_row(
+                kind=kind,
+                ticket=ticket.number,
+                mail_from=hd.address,
+                to=to,
+                rendered=rendered,
+                headers=headers,
+                message_id=msgid,
+                now=now,
+                automatic=True,
+            )
+        )
+        self._messages.append(notify.sent_message(ticket.number, msgid, hd.address, to, rendered, now))
+        for scope in notify.limit_scopes(to, kind):
+            self._counts[scope] = self._counts.get(scope, 0) + 1
+        self.told.add(ticket.number)
+        self.did(ticket, template, to=to)
+        return [tickets.event(ticket, "system", template, {"to": to, "message_id": msgid})]
+
+    def _blocked(self, to: str) -> str:
+        scopes = notify.limit_scopes(to, "update")
+        if any(s not in self._counts for s in scopes) or to.lower() not in self._marks:
+            counts, marks = notify.customer_counts([to], self.at)
+            for scope, n in counts.items():
+                self._counts.setdefault(scope, n)
+            self._marks.setdefault(to.lower(), marks.get(to.lower()))
+        return notify.customer_block(to, self.env.config.helpdesk, self._counts, self._marks.get(to.lower()))
+
+    def flush(self) -> None:
+        """Write the customers' mail of the pass: the outbox rows, their messages."""
+        notify.queue_rows(self._rows, self.at)
+        if self._messages:
+            models.insert_many(Message, self._messages)
+        self._rows, self._messages = [], []
+
 
 def tick(env, now: datetime, *, limit: int = BATCH) -> Pass:
     """One pass of every timed job as of `now` (inside the caller's transaction)."""
-    done = Pass(now)
-    for number, check in due(now, limit):
-        if not _claim(number, check, now):
-            continue  # another daemon has it
-        ticket = tickets.by_number(number)
-        if ticket is not None:
-            act(ticket, env, now, done)
+    batch = claim(now, limit)
+    done = Pass(env, now, batch)
+    numbers = [t.number for t in batch]
+    changes, sent = sla.status_changes_many(numbers), sla.last_sent_many(numbers)
+    db = database_proxy
+    sqlite = isinstance(db.obj, SqliteDatabase)
+    events: list[dict] = []
+    env.deferred = []  # the pass's notifications to agents, sent together below
+    try:
+        for ticket in batch:
+            # A savepoint: a failure undoes this ticket only (PostgreSQL's are released by
+            # the commit, as the worker's are).
+            point = f'"t{ticket.number}"'
+            db.execute_sql(f"SAVEPOINT {point}")
+            mark, written, intents = done.mark(), len(events), len(env.deferred)
+            try:
+                events += act(ticket, done, changes.get(ticket.number, []), sent.get(ticket.number))
+                if sqlite:
+                    db.execute_sql(f"RELEASE SAVEPOINT {point}")
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this ticket undone; the others go on
+                db.execute_sql(f"ROLLBACK TO SAVEPOINT {point}")
+                del events[written:], env.deferred[intents:]
+                done.undo(mark, ticket)
+                events += _failed(ticket, exc, done, now)
+        events += notifications.send(env.deferred, env)
+    finally:
+        env.deferred = None
+    done.flush()
+    tickets.save_events(events, now)
     models.prune_automatic_counts(now)
     return done
 
 
-def due(now: datetime, limit: int) -> list[tuple[int, datetime]]:
-    rows = models.raw(
-        Ticket,
-        ("jobs_due",),
-        lambda p: (
-            f'SELECT "number", "next_check" FROM "ticket" WHERE "next_check" <= {p} '
-            f'ORDER BY "next_check" LIMIT {p}'
-        ),
-        [Ticket.next_check.db_value(now), limit],
-    )
-    return [(row.number, row.next_check) for row in rows]
+def claim(now: datetime, limit: int) -> list[Ticket]:
+    """The tickets with something due, soonest first; on PostgreSQL locked for this pass,
+    skipping those another daemon's pass holds."""
+    query = Ticket.select().where(Ticket.next_check <= now).order_by(Ticket.next_check).limit(limit)
+    if not isinstance(database_proxy.obj, SqliteDatabase):
+        query = query.for_update(skip_locked=True)  # FOR UPDATE SKIP LOCKED
+    return list(query)
 
 
-def _claim(number: int, check: datetime, now: datetime) -> bool:
-    """Move the ticket's next_check out of the others' way, if it is still `check`."""
-    query = Ticket.update(next_check=now + CLAIM).where(
-        (Ticket.number == number) & (Ticket.next_check == check)
-    )
-    return query.execute() == 1
+def _failed(ticket: Ticket, exc: Exception, done: Pass, now: datetime) -> list[dict]:
+    """A ticket whose jobs raised: logged, tried again later, the others go on."""
+    log.error("timers: #%s: %s: %s", ticket.number, type(exc).__name__, exc, exc_info=exc)
+    models.update(Ticket, ticket.number, {"next_check": now + RETRY_FAILED})
+    done.did(ticket, "failed", why=f"{type(exc).__name__}: {exc}")
+    return [tickets.event(ticket, "system", "timers-failed", {"why": f"{type(exc).__name__}: {exc}"[:500]})]
 
 
-def act(ticket: Ticket, env, now: datetime, done: Pass) -> None:
-    """Everything due for `ticket` at `now`, then its due times afresh."""
+def act(ticket: Ticket, p: Pass, changes: list, sent: datetime | None) -> list[dict]:
+    """Everything due for `ticket` at the pass's time, then its due times afresh; the events."""
+    env, now = p.env, p.at
     cfg = env.config
     terms = sla.terms(ticket, cfg)
-    changes = sla.status_changes(ticket)
-    found = sla.timers(ticket, terms, changes, sla.last_sent(ticket))
+    found = sla.timers(ticket, terms, changes, sent or ticket.created_at)
     state = dict(ticket.sla_state or {})
     warned, breached = dict(state.get("warned", {})), dict(state.get("breached", {}))
     events: list[dict] = []
@@ -96,33 +205,29 @@ def act(ticket: Ticket, env, now: datetime, done: Pass) -> None:
         key = timer.due.isoformat()
         if timer.due <= now and breached.get(name) != key:
             breached[name] = key
-            events += _breach(ticket, name, timer, env, now, done)
+            events += _breach(ticket, name, timer, p)
         elif (
             timer.warn_at is not None
             and timer.warn_at <= now
             and key not in (warned.get(name), breached.get(name))
         ):
             warned[name] = key
-            events += _warn(ticket, name, timer, env, now, done, breached=False)
+            events += _warn(ticket, name, timer, p, breached=False)
     update = found["update"]
-    if update.due is not None and update.due <= now:
-        events += send_update(ticket, env, now, done)
+    if update.due is not None and update.due <= now and ticket.number not in p.told:
+        events += send_update(ticket, p)  # (an escalation's notice just told the customer)
     since = sla.status_since(ticket, changes)
     s = cfg.sla
     if ticket.status == "pending" and s.reminder_days:
         if now >= since + timedelta(days=s.reminder_days) and state.get("reminded") != since.isoformat():
             state["reminded"] = since.isoformat()
-            events += _customer(
+            resolve_on = since + timedelta(days=s.reminder_days + s.autoresolve_days)
+            events += p.tell(
                 ticket,
                 "reminder",
                 "reminder",
-                env,
-                now,
-                done,
                 days=(now - since).days,
-                resolve_on=_when(ticket, env, since + timedelta(days=s.reminder_days + s.autoresolve_days))
-                if s.autoresolve_days
-                else "",
+                resolve_on=_when(ticket, env, resolve_on) if s.autoresolve_days else "",
             )
     if ticket.status == "pending" and s.autoresolve_days:
         if now >= since + timedelta(days=s.reminder_days + s.autoresolve_days):
@@ -133,70 +238,44 @@ def act(ticket: Ticket, env, now: datetime, done: Pass) -> None:
                 now=now,
                 why=f"no answer for {(now - since).days} days",
             )
-            events += _customer(
-                ticket,
-                "resolution",
-                "autoresolve",
-                env,
-                now,
-                done,
-                days=(now - since).days,
-                reopen_days=s.reopen_days,
+            events += p.tell(
+                ticket, "resolution", "autoresolve", days=(now - since).days, reopen_days=s.reopen_days
             )
-            done.did(ticket, "autoresolved")
+            p.did(ticket, "autoresolved")
     elif ticket.status == "resolved" and now >= since + timedelta(days=s.reopen_days):
         events += tickets.change(
             ticket, {"status": "closed"}, actor="system", now=now, why=f"resolved {s.reopen_days} days ago"
         )
-        done.did(ticket, "closed")
-    state["warned"], state["breached"] = warned, breached
+        p.did(ticket, "closed")
+    state.update({k: v for k, v in (("warned", warned), ("breached", breached)) if v})
     if state != (ticket.sla_state or {}):
         models.update(Ticket, ticket.number, {"sla_state": state})
         ticket.sla_state = state
-    tickets.save_events(events, now)
-    sla.refresh(ticket, cfg, now)
+    told = now if ticket.number in p.told else sent
+    sla.refresh(ticket, cfg, now, changes=changes, pending=events, sent=told)
+    return events
 
 
 def _when(ticket: Ticket, env, when: datetime) -> str:
     return format_when(when, ticket.language, env.config.helpdesk.timezone)
 
 
-def _customer(
-    ticket: Ticket, kind: str, template: str, env, now: datetime, done: Pass, **context
-) -> list[dict]:
-    """`template` to the customer as outbox `kind`, or the reason it was withheld."""
-    msgid = notify.tell_customer(ticket, kind=kind, template=template, env=env, now=now, **context)
-    if not msgid:
-        why = notify.automatic_block(ticket.requester, env.config.helpdesk, now)
-        done.did(ticket, f"{template}-skipped", why=why)
-        return [tickets.event(ticket, "system", f"{template}-skipped", {"why": why})]
-    done.did(ticket, template, to=ticket.requester)
-    return [tickets.event(ticket, "system", template, {"to": ticket.requester, "message_id": msgid})]
-
-
-def send_update(ticket: Ticket, env, now: datetime, done: Pass, text: str = "") -> list[dict]:
+def send_update(ticket: Ticket, p: Pass, text: str = "") -> list[dict]:
     """A status update to the customer: where the ticket stands, who holds it, at which tier."""
+    env, now = p.env, p.at
     holder = ""
     if ticket.assignee:
         found = agents.find(ticket.assignee)
         holder = found.name if found and found.name else ticket.assignee
     elif ticket.group:
         holder = ticket.group
-    interval = (
-        sla.terms(ticket, env.config).update_interval if ticket.update_every is None else ticket.update_every
-    )
-    nxt = (
-        _when(ticket, env, sla.terms(ticket, env.config).calendar.add(now, interval * 60))
-        if interval > 0
-        else ""
-    )
-    return _customer(
+    terms = sla.terms(ticket, env.config)
+    interval = terms.update_interval if ticket.update_every is None else ticket.update_every
+    nxt = _when(ticket, env, terms.calendar.add(now, interval * 60)) if interval > 0 else ""
+    return p.tell(
         ticket,
         "update",
         "update",
-        env,
-        now,
-        done,
         status=ticket.status,
         holder=holder,
         tier=ticket.tier,
@@ -205,45 +284,41 @@ def send_update(ticket: Ticket, env, now: datetime, done: Pass, text: str = "") 
     )
 
 
-def _warn(ticket: Ticket, name: str, timer, env, now: datetime, done: Pass, *, breached: bool) -> list[dict]:
+def _warn(ticket: Ticket, name: str, timer, p: Pass, *, breached: bool) -> list[dict]:
+    env, now = p.env, p.at
     left = "" if breached else _duration(sla.terms(ticket, env.config).calendar.between(now, timer.due))
     extra = {"timer": name, "due": _when(ticket, env, timer.due), "left": left, "breached": breached}
-    out = [
-        tickets.event(
-            ticket,
-            "system",
-            "sla-warning",
-            {"timer": name, "due": timer.due.isoformat(), "breached": breached},
-        )
-    ]
+    detail = {"timer": name, "due": timer.due.isoformat(), "breached": breached}
+    out = [tickets.event(ticket, "system", "sla-warning", detail)]
     out += notifications.notify_agents(
         ticket, why=f"sla-{name}", text="", author=None, now=now, env=env, kind="warning", extra=extra
     )
-    done.did(ticket, "warning", timer=name, due=timer.due.isoformat(), breached=breached)
+    p.did(ticket, "warning", timer=name, due=timer.due.isoformat(), breached=breached)
     return out
 
 
-def _breach(ticket: Ticket, name: str, timer, env, now: datetime, done: Pass) -> list[dict]:
+def _breach(ticket: Ticket, name: str, timer, p: Pass) -> list[dict]:
     """Past due: up one tier (its group told, with the history; the customer told), or,
     at the last tier, the assignee warned that it is breached."""
     due = timer.due.isoformat()
     out = [tickets.event(ticket, "system", "sla-breached", {"timer": name, "due": due})]
-    reason = f"{name.replace('_', ' ')} due {_when(ticket, env, timer.due)} was breached"
-    escalated = escalate(ticket, env, now, done, actor="system", reason=reason)
+    reason = f"{name.replace('_', ' ')} due {_when(ticket, p.env, timer.due)} was breached"
+    escalated = escalate(ticket, p, actor="system", reason=reason)
     if escalated is None:
-        return out + _warn(ticket, name, timer, env, now, done, breached=True)
+        return out + _warn(ticket, name, timer, p, breached=True)
     return out + escalated
 
 
-def escalate(ticket: Ticket, env, now: datetime, done: Pass, *, actor: str, reason: str) -> list[dict] | None:
+def escalate(ticket: Ticket, p: Pass, *, actor: str, reason: str) -> list[dict] | None:
     """Move `ticket` to the next tier's group, notify that group (`escalation`, with the
     history) and tell the customer; None when there is no next tier or no group for it."""
+    env, now = p.env, p.at
     tier = (ticket.tier or 1) + 1
     if tier > env.config.sla.tiers:
         return None
     group = agents.group_for_tier(tier)
     if group is None:
-        done.did(ticket, "escalation-skipped", why=f"no group of tier {tier} agents")
+        p.did(ticket, "escalation-skipped", why=f"no group of tier {tier} agents")
         return None
     out = tickets.change(
         ticket, {"tier": tier, "group": group, "assignee": None}, actor=actor, now=now, why=reason
@@ -258,8 +333,8 @@ def escalate(ticket: Ticket, env, now: datetime, done: Pass, *, actor: str, reas
         kind="escalation",
         extra={"reason": reason, "tier": tier},
     )
-    out += _customer(ticket, "update", "escalated", env, now, done, tier=tier, group=group)
-    done.did(ticket, "escalated", tier=tier, group=group, reason=reason)
+    out += p.tell(ticket, "update", "escalated", tier=tier, group=group)
+    p.did(ticket, "escalated", tier=tier, group=group, reason=reason)
     return out
 
 
@@ -270,17 +345,14 @@ def _duration(seconds: float) -> str:
     return f"{minutes} minutes"
 
 
-def tell_resolved(ticket: Ticket, env, now: datetime, *, agent_name: str = "", text: str = "") -> list[dict]:
+def tell_resolved(p: Pass, ticket: Ticket, *, agent_name: str = "", text: str = "") -> list[dict]:
     """The customer's `resolution` mail when an agent resolves `ticket` (the agent's text
     when given; how to reopen)."""
-    return _customer(
+    return p.tell(
         ticket,
         "resolution",
         "resolution",
-        env,
-        now,
-        Pass(now),
         text=text,
         agent_name=agent_name,
-        reopen_days=env.config.sla.reopen_days,
+        reopen_days=p.env.config.sla.reopen_days,
     )

@@ -440,25 +440,41 @@ def prune_automatic_counts(at) -> int:
     return database_proxy.execute_sql(sql, [slot_of(at) - 2 * SLOTS_PER_HOUR]).rowcount
 
 
+STATE_CHUNK = 400  # scopes or addresses per statement (SQLite's limits on a statement)
+
+
 def automatic_mail_state(scopes: list[str], addresses: list[str], at) -> tuple[list[int], list[str | None]]:
-    """In one round trip: how many automatic mails each of `scopes` had in the hour up to
-    `at` (AutoCount: at most twelve rows a scope), and the bounce status each of
-    `addresses` is marked with, or None."""
-
-    def build(p: str) -> str:
-        sums = [
-            f'(SELECT COALESCE(SUM("n"), 0) FROM "autocount" WHERE "scope" = {p} AND "slot" > {p})'
-            for _ in scopes
-        ]
-        marks = [f'(SELECT "status" FROM "bounced" WHERE "address" = {p})' for _ in addresses]
-        return f"SELECT {', '.join(sums + marks)}"
-
+    """How many automatic mails each of `scopes` had in the hour up to `at` (AutoCount: at
+    most twelve rows a scope), and the bounce status each of `addresses` is marked with,
+    or None.  One round trip for up to STATE_CHUNK of each (the usual case: one)."""
     since = slot_of(at) - SLOTS_PER_HOUR
-    params = [v for scope in scopes for v in (scope, since)] + addresses
-    row = database_proxy.execute_sql(
-        _sql(("auto_state", len(scopes), len(addresses)), build), params
-    ).fetchone()
-    return [int(v) for v in row[: len(scopes)]], list(row[len(scopes) :])
+    counts: dict[str, int] = {}
+    marks: dict[str, str] = {}
+    for n in range(0, max(len(scopes), len(addresses)), STATE_CHUNK):
+        some, who = scopes[n : n + STATE_CHUNK], addresses[n : n + STATE_CHUNK]
+
+        def build(p: str, k: int = len(some), m: int = len(who)) -> str:
+            parts = []
+            if k:
+                parts.append(
+                    f'SELECT "scope", CAST(SUM("n") AS TEXT) FROM "autocount" '
+                    f'WHERE "scope" IN ({", ".join([p] * k)}) AND "slot" > {p} GROUP BY "scope"'
+                )
+            if m:
+                parts.append(
+                    f'SELECT {p} || "address", MIN("status") FROM "bounced" '
+                    f'WHERE "address" IN ({", ".join([p] * m)}) GROUP BY "address"'
+                )
+            return " UNION ALL ".join(parts)
+
+        params = ([*some, since] if some else []) + (["@", *who] if who else [])
+        rows = database_proxy.execute_sql(_sql(("auto_state", len(some), len(who)), build), params).fetchall()
+        for key, value in rows:
+            if key.startswith("@"):  # a bounce mark (no scope starts so: they are a:, d:, *)
+                marks[key[1:]] = value
+            else:
+                counts[key] = int(value)
+    return [counts.get(s, 0) for s in scopes], [marks.get(a) for a in addresses]
 
 
 def mark_bounced(address: str, status: str, ticket: int | None, at) -> None:

@@ -259,15 +259,8 @@ def automatic_block(to: str, helpdesk, now: datetime) -> str:
     one domain) and one in all, per hour; and no automatic mail to an address whose mail
     bounced for good until it writes to us again (the pipeline clears the mark).
     """
-    scopes = limit_scopes(to, "ack")
-    caps = (helpdesk.auto_reply_limit, helpdesk.auto_reply_limit_domain, helpdesk.auto_reply_limit_total)
-    counts, [bounced] = models.automatic_mail_state(scopes, [to.lower()], now)
-    if bounced:
-        return bounced_reason(to, bounced)
-    for count, cap, scope in zip(counts, caps, (to, f"domain {scopes[1][2:]}", "all recipients")):
-        if count >= cap:
-            return f"{scope} reached {cap} automatic mails this hour"
-    return ""
+    counts, marks = customer_counts([to], now)
+    return customer_block(to, helpdesk, counts, marks.get(to.lower()))
 
 
 def agent_counts(addresses: list[str], now: datetime) -> tuple[dict[str, int], dict[str, str]]:
@@ -285,67 +278,44 @@ def bounced_reason(to: str, status: str) -> str:
     return f"mail to {to} bounced ({status}); no automatic mail until it writes again"
 
 
-def tell_customer(ticket, *, kind: str, template: str, env, now: datetime, **context) -> str:
-    """Queue `template` to `ticket`'s requester (and CCs see nothing: it is about the case,
-    not a reply) as outbox `kind` (update, reminder, resolution), threaded to the
-    customer's last message and recorded on the ticket like an acknowledgement; its
-    Message-ID, or "" when the automatic-mail limits say no (the caller records why:
-    `automatic_block`)."""
-    hd = env.config.helpdesk
-    if automatic_block(ticket.requester, hd, now):
-        return ""
-    rendered = env.templates.render(
-        template,
-        ticket.language,
-        hd.language,
-        token=env.tokens.format(ticket.number),
-        subject=ticket.subject,
-        name=ticket.requester_name,
-        helpdesk=hd.name,
+def sent_message(ticket: int, msgid: str, sender: str, to: str, rendered: Rendered, now: datetime) -> dict:
+    """Our automatic mail to a customer as a message row of the ticket: a reply to it
+    threads by its References, and the update interval counts from it (sla.last_sent)."""
+    return dict(
         ticket=ticket,
-        **context,
-    )
-    from .tickets import last_customer_message_id
-
-    parent = last_customer_message_id(ticket)
-    msgid = make_msgid(hd.domain)
-    headers = {
-        "From": email.utils.formataddr((hd.name, hd.address)),
-        **reply_headers(parent, [parent] if parent else [], None, ticket.subject[:MAX_SUBJECT], now, True),
-    }
-    queue(
-        kind=kind,
-        ticket=ticket.number,
-        mail_from=hd.address,
-        to=ticket.requester,
-        rendered=rendered,
-        headers=headers,
+        direction="out",
+        kind="system",
         message_id=msgid,
-        now=now,
-        automatic=True,
+        from_addr=sender,
+        to=[to],
+        subject=rendered.subject,
+        text=rendered.body,
+        body=rendered.body,
+        created_at=now,
     )
-    _record_sent(ticket, msgid, hd.address, ticket.requester, rendered, now)
-    return msgid
 
 
-def _record_sent(ticket, msgid: str, sender: str, to: str, rendered: Rendered, now: datetime) -> None:
-    """Our automatic mail to the customer as a message of the ticket: a reply to it threads
-    by its References, and the update interval counts from it (sla.last_sent)."""
-    models.insert(
-        Message,
-        dict(
-            ticket=ticket.number,
-            direction="out",
-            kind="system",
-            message_id=msgid,
-            from_addr=sender,
-            to=[to],
-            subject=rendered.subject,
-            text=rendered.body,
-            body=rendered.body,
-            created_at=now,
-        ),
-    )
+def customer_counts(addresses: list[str], now: datetime) -> tuple[dict[str, int], dict[str, str | None]]:
+    """For automatic mail to customers, several at once: the hour's count of every scope
+    their limits read (address, domain, everyone), and their bounce marks."""
+    if not addresses:
+        return {}, {}
+    scopes = sorted({scope for a in addresses for scope in limit_scopes(a, "ack")})
+    lowered = [a.lower() for a in addresses]
+    counts, marks = models.automatic_mail_state(scopes, lowered, now)
+    return dict(zip(scopes, counts)), dict(zip(lowered, marks))
+
+
+def customer_block(to: str, helpdesk, counts: dict[str, int], bounced: str | None) -> str:
+    """`automatic_block` on counts read already (`customer_counts`, kept up to date)."""
+    if bounced:
+        return bounced_reason(to, bounced)
+    scopes = limit_scopes(to, "ack")
+    caps = (helpdesk.auto_reply_limit, helpdesk.auto_reply_limit_domain, helpdesk.auto_reply_limit_total)
+    for scope, cap, name in zip(scopes, caps, (to, f"domain {scopes[1][2:]}", "all recipients")):
+        if counts.get(scope, 0) >= cap:
+            return f"{name} reached {cap} automatic mails this hour"
+    return ""
 
 
 def acknowledge(
@@ -399,5 +369,5 @@ def acknowledge(
         now=now,
         automatic=True,
     )
-    _record_sent(ticket, msgid, helpdesk.address, to, rendered, now)
+    models.insert(Message, sent_message(ticket.number, msgid, helpdesk.address, to, rendered, now))
     return msgid

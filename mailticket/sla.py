@@ -123,6 +123,42 @@ def status_changes(ticket: Ticket) -> list[tuple[datetime, str]]:
     return [(row.at, row.detail.get("to")) for row in rows]
 
 
+def status_changes_many(numbers: list[int]) -> dict[int, list[tuple[datetime, str]]]:
+    """`status_changes` of several tickets in one query."""
+    out: dict[int, list[tuple[datetime, str]]] = {n: [] for n in numbers}
+    if numbers:
+        k = len(numbers)
+        rows = models.raw(
+            Event,
+            ("status_changes_many", k),
+            lambda p: (
+                f'SELECT "ticket_id" AS "of_ticket", "at", "detail" FROM "event" WHERE "ticket_id" IN '
+                f'({", ".join([p] * k)}) AND "kind" = {p} ORDER BY "id"'
+            ),
+            [*numbers, "status"],
+        )
+        for row in rows:
+            out[row.of_ticket].append((row.at, row.detail.get("to")))
+    return out
+
+
+def last_sent_many(numbers: list[int]) -> dict[int, datetime]:
+    """`last_sent` of several tickets in one query (absent: nothing sent)."""
+    if not numbers:
+        return {}
+    k = len(numbers)
+    rows = models.raw(
+        Message,
+        ("last_sent_many", k),
+        lambda p: (
+            f'SELECT "ticket_id" AS "of_ticket", MAX("created_at") AS "created_at" FROM "message" '
+            f'WHERE "ticket_id" IN ({", ".join([p] * k)}) AND "direction" = {p} GROUP BY "ticket_id"'
+        ),
+        [*numbers, "out"],
+    )
+    return {row.of_ticket: row.created_at for row in rows if row.created_at}
+
+
 def last_sent(ticket: Ticket) -> datetime:
     """When the customer last got mail of ours about `ticket` (an acknowledgement, an
     agent's reply, an update): the update interval counts from there."""
@@ -194,15 +230,18 @@ def refresh(
     new: bool = False,
     pending: list[dict] | tuple = (),
     sent: datetime | None = None,
+    changes: list[tuple[datetime, str]] | None = None,
 ) -> dict:
     """Recompute `ticket`'s due times and `next_check`; write the ones that moved (no
     event: they follow from what changed).  `new`: the ticket was just made (no status
     changes, nothing sent yet: two queries saved).  `pending`: events of this unit of
     work not written yet (the pipeline writes a batch's at its end).  `sent`: the caller
-    just mailed the customer (the update interval counts from it).  Returns what was written."""
+    just mailed the customer (the update interval counts from it); `changes`: the ticket's
+    `status_changes`, read already.  Returns what was written."""
     t = terms(ticket, config)
-    changes = [] if new else status_changes(ticket)
-    changes += [
+    if changes is None:
+        changes = [] if new else status_changes(ticket)
+    changes = changes + [
         (now, e["detail"]["to"]) for e in pending if e["kind"] == "status" and e["ticket"] == ticket.number
     ]
     sent = sent or (ticket.created_at if new else last_sent(ticket))

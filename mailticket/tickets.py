@@ -191,6 +191,24 @@ def by_number(number: int) -> Ticket | None:
     return models.get(Ticket, number)
 
 
+def last_customer_message_ids(numbers: list[int]) -> dict[int, str]:
+    """`last_customer_message_id` of several tickets in one query (absent: none)."""
+    if not numbers:
+        return {}
+    k = len(numbers)
+    rows = models.raw(
+        Message,
+        ("last_customer_many", k),
+        lambda p: (
+            f'SELECT "ticket_id" AS "of_ticket", "message_id" FROM "message" WHERE "id" IN (SELECT MAX("id") '
+            f'FROM "message" WHERE "ticket_id" IN {_in(p, k)} AND "direction" = {p} AND "kind" = {p} '
+            'GROUP BY "ticket_id")'
+        ),
+        [*numbers, "in", "customer"],
+    )
+    return {row.of_ticket: row.message_id for row in rows}
+
+
 def last_customer_message_id(ticket: Ticket) -> str | None:
     """The Message-ID of the customer's newest message on `ticket`, which an agent's reply answers."""
     rows = models.raw(

@@ -27,20 +27,20 @@ def tick(obj: Ctx, at: str | None, dry_run: bool, limit: int, as_json: bool) -> 
     app = obj.app()
     assert app.pipeline is not None
     now = at_time(at, app.clock.now())
-    done = jobs.Pass(now)
+    actions: list[dict] = []
     try:
         with writing(), app.db.atomic():
-            done = jobs.tick(app.pipeline.env, now, limit=limit)
+            actions = jobs.tick(app.pipeline.env, now, limit=limit).actions
             if dry_run:
                 raise _Rollback
     except _Rollback:
         pass
     if as_json:
-        emit_json({"at": now.isoformat(), "dry_run": dry_run, "actions": done.actions})
+        emit_json({"at": now.isoformat(), "dry_run": dry_run, "actions": actions})
         return
     verb = "would do" if dry_run else "did"
-    click.echo(f"tick as of {now.isoformat()}: {verb} {len(done.actions)} action(s)")
-    for a in done.actions:
+    click.echo(f"tick as of {now.isoformat()}: {verb} {len(actions)} action(s)")
+    for a in actions:
         rest = ", ".join(f"{k} {v}" for k, v in a.items() if k not in ("ticket", "action"))
         click.echo(f"  #{a['ticket']}: {a['action']}" + (f" ({rest})" if rest else ""))
 
