@@ -19,6 +19,7 @@ the only module that imports `holidays` and `babel`.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
@@ -481,6 +482,24 @@ def _duration(seconds: float) -> str:
 _AT_TIME = {"en": "{1} 'at' {0}", "fr": "{1} 'à' {0}", "nl": "{1} 'om' {0}", "de": "{1} 'um' {0}"}
 
 
+@functools.lru_cache(maxsize=64)
+def _date_pattern(language: str) -> tuple[babel.Locale, str]:
+    """The locale of `language` (English when unknown) and its weekday-day-month
+    pattern with the full weekday name: worked out once per language."""
+    try:
+        locale = babel.Locale.parse((language or "en").replace("-", "_"))
+    except (ValueError, TypeError, babel.UnknownLocaleError):
+        locale = babel.Locale.parse("en")
+    skeletons = locale.datetime_skeletons
+    key = "MMMMEd" if "MMMMEd" in skeletons else babel.dates.match_skeleton("MMMMEd", skeletons) or "MMMMEd"
+    pattern = str(skeletons.get(key, "EEEE d MMMM"))
+    # The skeleton's weekday is short ("Mon"); a customer reads the full name.
+    pattern = re.sub(
+        r"'[^']*'|E+|c+", lambda m: m.group() if m.group()[0] == "'" else m.group()[0] * 4, pattern
+    )
+    return locale, pattern
+
+
 def format_when(when: datetime, language: str, timezone: str) -> str:
     """`when` as a customer reads it: "lundi 21 décembre à 10:00 CET".
 
@@ -489,22 +508,12 @@ def format_when(when: datetime, language: str, timezone: str) -> str:
     added when it has one in letters (CET, CEST, EST, UTC), not a bare offset (+04).
     """
     _aware(when)
-    try:
-        locale = babel.Locale.parse((language or "en").replace("-", "_"))
-    except (ValueError, TypeError, babel.UnknownLocaleError):
-        locale = babel.Locale.parse("en")
+    locale, pattern = _date_pattern(language)
     try:
         zone = _zone(timezone)
     except ValueError:
         zone = ZoneInfo("UTC")
     local = when.astimezone(zone)
-    skeletons = locale.datetime_skeletons
-    key = "MMMMEd" if "MMMMEd" in skeletons else babel.dates.match_skeleton("MMMMEd", skeletons) or "MMMMEd"
-    pattern = str(skeletons.get(key, "EEEE d MMMM"))
-    # The skeleton's weekday is short ("Mon"); a customer reads the full name.
-    pattern = re.sub(
-        r"'[^']*'|E+|c+", lambda m: m.group() if m.group()[0] == "'" else m.group()[0] * 4, pattern
-    )
     day = babel.dates.format_date(local, pattern, locale=locale)
     clock = babel.dates.format_time(local, "short", tzinfo=zone, locale=locale)
     abbr = local.tzname() or ""
