@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -157,38 +158,14 @@ def reply_headers(
     return headers
 
 
-def queue(
-    *,
-    kind: str,
-    ticket: int | None,
-    mail_from: str,
-    to: str,
-    rendered: Rendered,
-    headers: dict[str, str],
-    message_id: str,
-    now: datetime,
-    automatic: bool,
-    attachments: list[dict] | None = None,
-) -> int:
+def queue(**row: Any) -> int:
     """Write one outgoing message into the outbox (inside the caller's transaction); its id.
 
-    Automatic mail must have passed `automatic_block` first.  Every message goes out
-    from the helpdesk's address, which its X-Loop names (RFC 3834 section 3.1.8's
-    advice: recognise our own mail when it comes back).  `attachments` are files of
-    the attachment store that go with the text: `{filename, content_type, sha256}`."""
-    row = outbox_row(
-        kind=kind,
-        ticket=ticket,
-        mail_from=mail_from,
-        to=to,
-        rendered=rendered,
-        headers=headers,
-        message_id=message_id,
-        now=now,
-        automatic=automatic,
-        attachments=attachments,
-    )
-    return queue_rows([row], now)[0]
+    `row` holds `outbox_row`'s keywords.  Automatic mail must have passed
+    `automatic_block` first.  Every message goes out from the helpdesk's address, which
+    its X-Loop names (RFC 3834 section 3.1.8's advice: recognise our own mail when it
+    comes back)."""
+    return queue_rows([outbox_row(**row)], row["now"])[0]
 
 
 def outbox_row(
@@ -204,7 +181,9 @@ def outbox_row(
     automatic: bool,
     attachments: list[dict] | None = None,
 ) -> dict:
-    """The outbox row `queue` writes, for `queue_rows` to write several in one statement."""
+    """One outgoing message as an outbox row, for `queue_rows` to write with others in one
+    statement.  `attachments` are files of the attachment store that go with the text:
+    `{filename, content_type, sha256}`."""
     return dict(
         ticket=ticket,
         kind=kind,
