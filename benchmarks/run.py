@@ -73,6 +73,7 @@ def main() -> None:
         ["bench_imap.py", "--messages", str(n_imap)],
         ["bench_daemon.py", "--smtp", str(n_smtp), "--imap", str(n_imap)],
         ["bench_timers.py", "--tickets", str(n_tickets)],
+        ["bench_report.py", "--tickets", str(n_tickets)],
     ]
     results = []
     for cmd in runs:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import agents, jobs, models, notifications, notify, sla, states, tickets
+from . import agents, jobs, models, notifications, notify, sla, states, surveys, tickets
 from .errors import TicketError
 from .models import Agent, Ticket
 from .parsers import commands
@@ -101,8 +101,10 @@ def _command(
     if name == "status":
         detail, done = change({"status": args[0].lower()})
         if done and ticket.status == "resolved" and not with_reply:
+            # (With a reply, the agent's words close it and `resolved` asks for the rating after them.)
             told = jobs.Pass(env, now, [ticket])
             done += jobs.tell_resolved(told, ticket, agent_name=agent.name or agent.email)
+            done += surveys.maybe_send(told, ticket)
             told.flush()
         return detail, done
     if name == "priority":
@@ -250,6 +252,15 @@ def reply(
     tickets.save_events(events, now)
     sla.refresh(ticket, env.config, now, sent=now)
     return msgid
+
+
+def resolved(ticket: Ticket, *, now: datetime, env: Env) -> None:
+    """After an agent's reply that resolved `ticket` (`#status resolved` with text): the
+    satisfaction survey, which follows the agent's words."""
+    told = jobs.Pass(env, now, [ticket])
+    events = surveys.maybe_send(told, ticket)
+    told.flush()
+    tickets.save_events(events, now)
 
 
 def note(

@@ -142,6 +142,12 @@ def agent(run: Run, env: Env) -> None:
     elif text.strip():
         actions.reply(t, agent=who, text=text.strip(), attachments=files, now=now, env=env)
         outcome = "agent-reply"
+        if (
+            acting
+            and t.status == "resolved"
+            and any(o.ok and o.command.startswith("#status") for o in outcomes)
+        ):
+            actions.resolved(t, now=now, env=env)
     elif not acting:
         run.note("no text and no command: nothing to do")
     raise Stop(outcome, run.reason)

@@ -186,3 +186,69 @@ def _passes(result: authres.AuthenticationResult, domain: str) -> bool:
     if method == "dmarc":
         return props.get("header.from") == domain
     return False
+
+
+# --- signed survey addresses (surveys.py) -------------------------------------------------
+#
+# A survey's links are `mailto:` links to the helpdesk's address with a plus tag
+# `s.<ticket>.<score>.<mac>`: an HMAC-SHA256 over "s", the ticket and the score, with the
+# same secret, so that no one can rate another customer's ticket or change the score of
+# a link they were sent.  Unlike a reply address it names no sender and does not expire:
+# whoever holds the customer's mail may rate (a colleague they forwarded it to), and a
+# late rating is still one.  "s" differs from the reply MAC's purposes, so neither MAC can
+# stand for the other.
+
+_SURVEY_TAG = re.compile(r"^s\.(\d{1,12})\.(\d{1,3})\.([a-z2-7]+)$")
+
+
+@dataclass(frozen=True)
+class Rated:
+    """A signed survey address found among a message's recipients, and its verdict."""
+
+    ticket: int
+    score: int
+    valid: bool
+    why: str = ""  # why not valid: BAD
+
+
+def _survey_mac(ticket: int, score: int, secret: bytes) -> str:
+    digest = hmac.new(secret, f"s\0{ticket}\0{score}".encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest).decode("ascii").lower()[:MAC_LENGTH]
+
+
+def survey_address(helpdesk_address: str, *, ticket: int, score: int, secret: bytes) -> str:
+    """The helpdesk's address with a tag that records `score` for `ticket` when mailed to."""
+    local, _, domain = helpdesk_address.rpartition("@")
+    return f"{local}+s.{ticket}.{score}.{_survey_mac(ticket, score, secret)}@{domain}"
+
+
+def _survey_tags(addresses: list[str], helpdesk_address: str) -> list[re.Match[str]]:
+    """The well-formed survey tags of `helpdesk_address` among `addresses`."""
+    local, _, domain = helpdesk_address.lower().rpartition("@")
+    out = []
+    for address in addresses:
+        a_local, _, a_domain = address.strip().strip("<>").lower().rpartition("@")
+        base, plus, tag = a_local.partition("+")
+        if plus and base == local and a_domain == domain and (m := _SURVEY_TAG.match(tag)):
+            out.append(m)
+    return out
+
+
+def carries_survey_tag(addresses: list[str], helpdesk_address: str) -> bool:
+    """Does any address look like a signed survey address (before any secret is read)?"""
+    return bool(_survey_tags(addresses, helpdesk_address))
+
+
+def verify_survey(addresses: list[str], *, secret: bytes, helpdesk_address: str) -> Rated | None:
+    """The signed survey address among `addresses` and whether its MAC holds.
+
+    None when there is none; the first valid one when several; else the first found,
+    with valid False.  The score is as signed: whether it is on the scale is the caller's.
+    """
+    found = []
+    for m in _survey_tags(addresses, helpdesk_address):
+        ticket, score, mac = int(m.group(1)), int(m.group(2)), m.group(3)
+        if hmac.compare_digest(mac, _survey_mac(ticket, score, secret)):
+            return Rated(ticket, score, True)
+        found.append(Rated(ticket, score, False, BAD))
+    return found[0] if found else None

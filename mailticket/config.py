@@ -203,6 +203,29 @@ class Agents:
 
 
 @dataclass(frozen=True)
+class Surveys:
+    # A satisfaction survey to the customer when an agent resolves a ticket (surveys.py).
+    enabled: bool = True
+    scale: str = "1-5"  # 1-5 | good-bad (stored as 5 good, 1 bad)
+    # At most one survey per customer in this many days (0: one per resolution).
+    period_days: int = 30
+    # A rating at or below this is low (good-bad: "bad" is low unless 0): the assignee
+    # and the queue's lead are told; 0: no rating is low.
+    low: int = 2
+    reopen_on_low: bool = False  # a low rating also reopens the ticket
+
+
+@dataclass(frozen=True)
+class Report:
+    # `mailticket report` mailed to these addresses (the HTML report attached); empty: not mailed.
+    mail_to: tuple[str, ...] = ()
+    every_days: int = 7  # the period it covers and its rhythm; 7: weekly, on `weekday`
+    weekday: str = "mon"
+    hour: int = 7  # o'clock in [helpdesk] timezone
+    by: str = "queue"  # queue | priority | channel | agent | tier
+
+
+@dataclass(frozen=True)
 class Daemon:
     # /healthz and /metrics; empty turns the endpoint off. Loopback by default.
     http: str = "127.0.0.1:8025"
@@ -226,6 +249,8 @@ class Config:
     sla: Sla = field(default_factory=Sla)
     agents: Agents = field(default_factory=Agents)
     daemon: Daemon = field(default_factory=Daemon)
+    surveys: Surveys = field(default_factory=Surveys)
+    report: Report = field(default_factory=Report)
     # [calendars.NAME] tables, parsed (calendars.parse); and [queues.NAME].
     calendars: dict[str, typing.Any] = field(default_factory=dict)
     queues: dict[str, Queue] = field(default_factory=dict)
@@ -297,6 +322,9 @@ _CHOICES = {
     ("imap", "history"): ("import", "skip"),
     ("agents", "auth"): ("signed", "none"),
     ("daemon", "log_format"): ("text", "json"),
+    ("report", "weekday"): ("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
+    ("report", "by"): ("queue", "priority", "channel", "agent", "tier"),
+    ("surveys", "scale"): ("1-5", "good-bad"),
 }
 # Numbers that must fall in a range (low, high; None: no bound), checked like _CHOICES.
 _PORT = (1, 65535)
@@ -315,9 +343,12 @@ _RANGES: dict[tuple[str, str], tuple[int | None, int | None]] = {
     ("daemon", "drain_seconds"): (1, None),
     ("agents", "reply_days"): (1, None),
     ("agents", "notification_limit"): (1, None),
+    ("report", "every_days"): (1, 366),
+    ("report", "hour"): (0, 23),
     ("sla", "warning"): (0, 99),
     ("sla", "tiers"): (1, 3),
     ("sla", "reopen_days"): (1, None),
+    ("surveys", "low"): (0, 4),
 }
 _PATH_KEYS = {
     ("outgoing", "folder"),

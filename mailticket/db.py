@@ -303,7 +303,18 @@ def _v6(db: peewee.Database) -> None:
         migrate(migrator.add_index("ticket", ("next_check",), False))
 
 
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(db: peewee.Database) -> None:
+    """Job: the helpdesk-wide timed jobs' state (issue 13: the report mailed to the admins);
+    a partial index of the events /metrics counts, and one of tickets by creation (the
+    report's period, the histograms' window)."""
+    db.create_tables([models.Job], safe=True)
+    db.execute_sql(
+        f'CREATE INDEX IF NOT EXISTS "event_counted" ON "event" ("kind") WHERE {models.COUNTED_EVENTS}'
+    )
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "ticket_created_at" ON "ticket" ("created_at")')
+
+
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

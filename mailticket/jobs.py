@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import email.utils
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 from . import agents, models, notifications, notify, sla, tickets
-from .calendars import format_when
+from .calendars import WEEKDAYS, format_when
 from .db import TRANSIENT_ERRORS
-from .models import Message, SqliteDatabase, Ticket, database_proxy
+from .models import Job, Message, SqliteDatabase, Ticket, database_proxy
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,84 @@ def tick(env, now: datetime, *, limit: int = BATCH) -> Pass:
         env.deferred = None
     done.flush()
     tickets.save_events(events, now)
+    report_job(env, now, done)
     models.prune_automatic_counts(now)
     return done
+
+
+# --- the helpdesk's own jobs -------------------------------------------------------------
+
+
+def report_job(env, now: datetime, done: Pass) -> None:
+    """`[report] mail_to`: the report of the last `every_days` mailed to the admins when
+    it is due (Job "report"; a daemon that was down sends one, not one per missed week)."""
+    cfg = env.config.report
+    if not cfg.mail_to:
+        return
+    query = Job.select().where(Job.name == "report")
+    if not isinstance(database_proxy.obj, SqliteDatabase):
+        query = query.for_update(skip_locked=True)  # another daemon's pass has it: skip
+    row = query.first()
+    if row is None:
+        Job.insert(name="report", next_at=next_report_at(env.config, now)).on_conflict_ignore().execute()
+        return
+    if row.next_at > now:
+        return
+    mail_report(env, now - timedelta(days=cfg.every_days), now, done)
+    Job.update(last_at=now, next_at=next_report_at(env.config, now)).where(Job.name == "report").execute()
+
+
+def next_report_at(config, after: datetime) -> datetime:
+    """The next time the report is due after `after`: `[report] hour` o'clock in the
+    helpdesk's timezone, on `weekday` when it goes weekly, else `every_days` on."""
+    cfg = config.report
+    zone = ZoneInfo(config.helpdesk.timezone)
+    local = after.astimezone(zone)
+    weekly = cfg.every_days % 7 == 0
+    for n in range(cfg.every_days + 8):
+        day = local.date() + timedelta(days=n)
+        at = datetime.combine(day, time(cfg.hour), zone)
+        if at > after and (not weekly or day.weekday() == WEEKDAYS.index(cfg.weekday)):
+            return at.astimezone(timezone.utc)
+    return after + timedelta(days=cfg.every_days)  # (not reached)
+
+
+def mail_report(env, since: datetime, until: datetime, done: Pass) -> list[int]:
+    """The report of [since, until) to `[report] mail_to`: its figures as text, the HTML
+    report (charts inline) attached; outbox kind `report`.  The outbox rows' ids."""
+    from . import report, report_html
+    from .attachments import AttachmentStore
+
+    cfg, hd = env.config.report, env.config.helpdesk
+    data = report.compute(env.config, since, until, cfg.by)
+    html = report_html.render(data).encode("utf-8")
+    sha = AttachmentStore(env.config.paths.attachments).save(html)
+    period = f"{since:%Y-%m-%d} to {until:%Y-%m-%d}"
+    rendered = env.templates.render(
+        "report", hd.language, hd.language, helpdesk=hd.name, period=period, data=data, by=cfg.by
+    )
+    rows = [
+        notify.outbox_row(
+            kind="report",
+            ticket=None,
+            mail_from=hd.address,
+            to=to,
+            rendered=rendered,
+            headers={
+                "From": email.utils.formataddr((hd.name, hd.address)),
+                "Auto-Submitted": "auto-generated",
+            },
+            message_id=notify.make_msgid(hd.domain),
+            now=until,
+            automatic=False,
+            attachments=[
+                {"filename": f"report-{since:%Y%m%d}.html", "content_type": "text/html", "sha256": sha}
+            ],
+        )
+        for to in cfg.mail_to
+    ]
+    done.actions.append({"ticket": None, "action": "report", "to": list(cfg.mail_to), "period": period})
+    return notify.queue_rows(rows, until)
 
 
 def claim(now: datetime, limit: int) -> list[Ticket]:

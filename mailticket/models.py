@@ -265,7 +265,21 @@ class AutoCount(BaseModel):
         primary_key = peewee.CompositeKey("scope", "slot")
 
 
-ALL_MODELS = [Inbox, Ticket, Message, Attachment, Event, Outbox, Agent, ImapState, Bounced, AutoCount]
+# The events /metrics counts (metrics.py), few among all: a partial index holds just them.
+COUNTED_EVENTS = "\"kind\" IN ('sla-breached', 'rating')"
+
+
+class Job(BaseModel):
+    """A timed job of the whole helpdesk (not of a ticket), such as the report mailed to
+    the admins: when it is next due, when it last ran (schema v7).  Like the tickets'
+    jobs, a pass takes its row FOR UPDATE SKIP LOCKED, so a second daemon skips it."""
+
+    name = CharField(primary_key=True)
+    next_at = UTCDateTimeField()
+    last_at = UTCDateTimeField(null=True)
+
+
+ALL_MODELS = [Inbox, Ticket, Message, Attachment, Event, Outbox, Agent, ImapState, Bounced, AutoCount, Job]
 
 # Re-exported so that callers outside db.py/models.py never import peewee themselves.
 fn = peewee.fn

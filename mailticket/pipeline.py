@@ -1,10 +1,10 @@
 """The pipeline: what happens to one stored message, step by step (docs/architecture.md section 1).
 
-    parse -> dedupe -> guard -> authenticate -> thread -> agent -> route -> record -> notify
+    parse -> dedupe -> guard -> authenticate -> thread -> rating -> agent -> route -> record -> notify
 
 An authenticated agent's mail ends at `agent` (agentmail.py, with `authenticate`;
 actions.py does the reply, the note, the commands or the forward's new ticket): no
-rules, no acknowledgement.
+rules, no acknowledgement.  A customer's rating of a survey ends at `rating` (surveys.py).
 
 `intake` calls `Pipeline.run(row)` inside a transaction (a savepoint when it
 batches) and commits.  Each step is a small function of `(run, env)` that reads
@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from . import auth, dedupe, models, notifications, notify, sla, tickets
+from . import auth, dedupe, models, notifications, notify, sla, surveys, tickets
 from .agentmail import agent, authenticate
 from .attachments import AttachmentStore
 from .clock import Clock, SystemClock
@@ -275,6 +275,43 @@ def thread(run: Run, env: Env) -> None:
         if run.suppressed:
             raise Stop("suppressed", run.suppressed)
         run.is_new = True
+
+
+def rating(run: Run, env: Env) -> None:
+    """A customer's rating of a survey (surveys.py): mail to a signed survey address, or a
+    reply to a survey that starts with a rating.  Recorded on its ticket, the message kept
+    there as the customer's; the pipeline ends here (`Stop`, outcome `rating`): no rules,
+    no acknowledgement, no notification but a low rating's.
+
+    A survey address that does not verify, names no ticket or a score off the scale rates
+    nothing: logged, a `security` event on the ticket a forged one names, and the message
+    goes on as ordinary mail."""
+    if run.kind != "customer" or run.suppressed or not run.sender or run.verdict == "agent":
+        return  # an agent's mail is the `agent` step's
+    pm = run.pm
+    recipients = [a.email for a in (*pm.to, *pm.cc)]
+    if run.row.mailbox and "@" in run.row.mailbox:  # the envelope recipient
+        recipients.append(run.row.mailbox)
+    found = surveys.find(pm, recipients, env)
+    if found is None:
+        return
+    if not found.ok:
+        run.note(f"not a rating: {found.why}")
+        log.warning("inbox #%s %s: not a rating: %s", run.row.id, (pm.message_id or "")[:200], found.why)
+        named = tickets.by_number(found.forged) if found.forged else None
+        if named is not None:
+            detail = {"verdict": "forged", "sender": run.sender, "why": found.why, "inbox": run.row.id}
+            run.event(named, "system", "security", detail)
+        return
+    t, now = found.ticket, env.clock.now()
+    assert t is not None  # found.ok
+    run.ticket, run.is_new, run.linked_to = t, False, None
+    run.events += tickets.add_message(t, *message_columns(run, env, pm.new_text), actor=run.sender, now=now)
+    run.events += surveys.record(
+        t, found.score, found.comment, run.sender, found.via, now, env, thank=not run.row.silent
+    )
+    run.note(f"rating {found.score} of #{t.number} by {found.via}")
+    raise Stop("rating", run.reason)
 
 
 def rule_context(
@@ -531,6 +568,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("guard", guard),
     ("authenticate", authenticate),
     ("thread", thread),
+    ("rating", rating),
     ("agent", agent),
     ("route", route),
     ("record", record),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure what the test suite talks to is here: Dovecot's and Postfix's binaries (the
-# tests start private instances of each) and the PostgreSQL server on 127.0.0.1:5432.
+# tests start private instances of each), headless Chromium with its driver (the HTML
+# report's test), and the PostgreSQL server on 127.0.0.1:5432.
 set -euo pipefail
 
 SUDO=""
@@ -14,6 +15,9 @@ if [ ! -x /usr/sbin/postfix ] || [ ! -x /usr/sbin/postmap ]; then
   missing+=(postfix)  # tests/test_postfix.py starts a private Postfix (postfix -c DIR)
   # Install the binaries only: no system configuration, no system Postfix started.
   echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+fi
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  missing+=(chromium chromium-driver)  # tests/test_report_browser.py opens the HTML report headless
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"

@@ -351,11 +351,14 @@ def test_resolving_tells_the_customer_once_how_to_reopen_or_with_the_agents_own_
     assert resolution["To"] == "alice@customer.test" and "[#1]" in resolution["Subject"]
     assert "7 days" in resolution.get_content()  # the reopen window
     assert desk.show(1)["status"] == "resolved"
+    [survey] = delivered(desk, "survey")  # and how was it?
+    assert survey["To"] == "alice@customer.test" and "support+s.1.5." in survey.get_content()
     # A reply within the window reopens it; resolving with text sends that text, no template.
     desk.ingest(mail(subject="Re: [#1] Printer is broken", body="It broke again.\n"))
     assert desk.show(1)["status"] == "open"
     [res] = desk.ingest(client_reply("#status resolved\n\nReplaced the fuser; it prints now.", to=signed()))
     assert res["outcome"] == "agent-reply"
     assert kinds(desk).count("resolution") == 1
+    assert kinds(desk).count("survey") == 1  # one survey per customer per 30 days
     replies = delivered(desk, "reply")
     assert replies and all("fuser" in m.get_content() for m in replies)

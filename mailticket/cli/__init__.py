@@ -6,7 +6,7 @@ the command modules register on `main` when imported here: `setup` (init, run), 
 The console script and `python -m mailticket.cli` both call `main`.
 """
 
-from . import admin, mail, setup, tickets, timed  # noqa: F401 - importing registers their commands
+from . import admin, mail, report, setup, tickets, timed  # noqa: F401 - importing registers their commands
 from .base import Ctx, TryLater, emit_json, json_option, main, table
 from .setup import SAMPLE_RULES
 
