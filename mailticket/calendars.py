@@ -39,6 +39,7 @@ FULL_DAY: Ranges = ((0, 1440),)
 KEYS = ("timezone", "hours", "holidays", "subdivision", "closed", "half_days")
 # next_open gives up after this many days without an open minute (a calendar of half days only).
 MAX_IDLE_DAYS = 3 * 366
+PREFIX_DAYS = 20 * 366  # how far the running totals of open time reach from the days counted
 _US = timedelta(microseconds=1)
 _WEEKLY = "closed (weekly hours)"
 _SITE = "closed (site)"
@@ -65,6 +66,8 @@ class Calendar:
     _half: dict[date, Ranges] = field(init=False, repr=False, compare=False)
     _flat: bool = field(init=False, repr=False, compare=False)  # open every minute: no walk needed
     _cache: dict[date, _Day] = field(init=False, repr=False, compare=False)  # per local date
+    _totals: dict[date, int] = field(init=False, repr=False, compare=False)
+    _ends: list[date] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen for callers; these are derived once here
@@ -72,6 +75,8 @@ class Calendar:
         set_(self, "_holidays", _country(self.country, self.subdivision) if self.country else None)
         set_(self, "_half", dict(self.half_days))
         set_(self, "_cache", {})
+        set_(self, "_totals", {})  # local date -> open microseconds before it (`_running`)
+        set_(self, "_ends", [])  # the first and last day of _totals
         flat = self.week == (FULL_DAY,) * 7 and not (self.country or self.closed or self.half_days)
         set_(self, "_flat", flat)
 
@@ -100,14 +105,22 @@ class Calendar:
 
     def between(self, a: datetime, b: datetime) -> float:
         """Open seconds in [a, b); 0 when b <= a."""
-        _aware(a)
-        _aware(b)
         # In UTC: Python subtracts two datetimes of one zone as wall times, ignoring DST.
-        a, b = a.astimezone(timezone.utc), b.astimezone(timezone.utc)
+        # (Already UTC, as the database gives them: the report asks this 10^5 times.)
+        if a.tzinfo is not timezone.utc:
+            _aware(a)
+            a = a.astimezone(timezone.utc)
+        if b.tzinfo is not timezone.utc:
+            _aware(b)
+            b = b.astimezone(timezone.utc)
         if b <= a:
             return 0.0
         if self._flat:
             return (b - a) // _US / 1e6
+        if (b - a).days > 2:  # open time before each end, from the days' running totals
+            early, late = self._open_before(a), self._open_before(b)
+            if early is not None and late is not None:
+                return (late - early) / 1e6
         total, day, last = 0, self._local(a).date(), self._local(b).date()
         while day <= last:
             for lo, hi in self._day(day).spans:
@@ -196,6 +209,46 @@ class Calendar:
                 left -= (hi - lo) // _US
             day += timedelta(days=1)
         raise ValueError(f"calendar {self.name}: not open once in {MAX_IDLE_DAYS} days from {first}")
+
+    def _open_before(self, when: datetime) -> int | None:
+        """Open microseconds from a fixed day (the first this calendar was asked about) to
+        `when`; None when `when` is over PREFIX_DAYS days from the days counted so far
+        (`between` then walks the days itself)."""
+        day = self._local(when).date()
+        start = self._running(day)
+        if start is None:
+            return None
+        return start + sum((min(when, hi) - lo) // _US for lo, hi in self._day(day).spans if when > lo)
+
+    def _running(self, day: date) -> int | None:
+        """Open microseconds from the first counted day's midnight to `day`'s (running
+        totals kept per day, extended either way as asked)."""
+        totals, ends = self._totals, self._ends
+        if not totals:
+            totals[day], ends[:] = 0, [day, day]
+        known = totals.get(day)
+        if known is not None:
+            return known
+        first, last = ends
+        one = timedelta(days=1)
+        if day > last:
+            if (day - last).days > PREFIX_DAYS:
+                return None
+            while last < day:
+                totals[last + one] = totals[last] + self._open_on(last)
+                last += one
+            ends[1] = last
+        else:
+            if (first - day).days > PREFIX_DAYS:
+                return None
+            while first > day:
+                totals[first - one] = totals[first] - self._open_on(first - one)
+                first -= one
+            ends[0] = first
+        return totals[day]
+
+    def _open_on(self, day: date) -> int:
+        return sum((hi - lo) // _US for lo, hi in self._day(day).spans)
 
     def _day(self, day: date) -> _Day:
         """The open spans of a local date, in UTC, with the reason when they differ from the week."""
