@@ -47,7 +47,7 @@ not on the number of tickets.
 
 from __future__ import annotations
 
-import json
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -117,6 +117,7 @@ def compute(config, since: datetime, until: datetime, by: str = "queue") -> dict
             lists = _lists(db, sqlite, since, until)
         finally:
             db.execute_sql(f'DROP TABLE IF EXISTS "{TEMP}"')
+    _comments(low)
     out_groups = {k: _figures(groups[k], ranks, k) for k in sorted(groups)}
     return {
         "period": {
@@ -155,7 +156,7 @@ def _ts(sqlite: bool, when: datetime):
 _COLUMNS = (
     "number status priority queue tier assignee channel sla_policy created_at first_response_at "
     "resolved_at closed_at reopens fr_breached res_breached esc2 esc3 surveys status_at status_at_at "
-    "rating replies"
+    "rating score good replies"
 ).split()
 
 
@@ -179,7 +180,8 @@ SELECT t."number", t."status", t."priority", t."queue", t."tier", t."assignee",
        t."resolved_at", t."closed_at",
        COALESCE(a."reopens", 0), COALESCE(a."fr_breached", 0), COALESCE(a."res_breached", 0),
        COALESCE(a."esc2", 0), COALESCE(a."esc3", 0), COALESCE(a."surveys", 0),
-       {j('ls."detail"', "to")}, ls."at", lr."detail", COALESCE(m."replies", 0)
+       {j('ls."detail"', "to")}, ls."at", lr."id", {j('lr."detail"', "score")}, {j('lr."detail"', "good")},
+       COALESCE(m."replies", 0)
 FROM "ticket" t
 LEFT JOIN (
     SELECT e."ticket_id",
@@ -227,12 +229,24 @@ ORDER BY t."number"
         for batch in batches:
             for values in batch:
                 row = dict(zip(_COLUMNS, values))
-                for name in ("created_at", "first_response_at", "resolved_at", "closed_at", "status_at_at"):
+                # (closed_at and status_at_at, seldom needed, when `_take` needs them.)
+                for name in ("created_at", "first_response_at", "resolved_at"):
                     row[name] = when(row[name])
                 yield row
     finally:
         if not sqlite:
             db.execute_sql(f'CLOSE "{CURSOR}"')
+
+
+def _comments(low: list[dict]) -> None:
+    """The low-rated tickets' comments, in place of their rating event's id: one query."""
+    ids = [r["comment"] for r in low]
+    if not ids:
+        return
+    rows = models.Event.select(models.Event.id, models.Event.detail).where(models.Event.id.in_(ids))
+    text = {e.id: (e.detail or {}).get("comment") for e in rows}
+    for r in low:
+        r["comment"] = text.get(r["comment"])
 
 
 def _when(value) -> datetime | None:
@@ -286,28 +300,37 @@ def _take(row, config, since, until, cache, into, days, weeks, low, zone) -> lis
     if fr is not None and fr < until:
         values += [("fr", (fr - created).total_seconds()), ("bfr", cal.between(created, fr))]
     if done_at_until:
-        end = row["resolved_at"] or row["closed_at"]
+        end = row["resolved_at"] or _when(row["closed_at"])
         if end is None or end >= until:
-            end = row["status_at_at"]
+            end = _when(row["status_at_at"])
+        assert end is not None  # done at `until`: a status event made it so
         values += [("res", (end - created).total_seconds()), ("bres", cal.between(created, end))]
-    rating = json.loads(row["rating"]) if row["rating"] else None
+    # The rating's members, read by the query (a JSON parse a ticket here would cost);
+    # the comment only for a low one, of the few listed.
+    rating = None
+    if row["rating"] is not None:
+        score = row["score"]
+        rating = {
+            "score": int(score) if score is not None else None,
+            "good": row["good"] in (1, True, "true"),
+        }
     if rating is not None:
         w["ratings"] += 1
         w["good"] += bool(rating.get("good"))
         if not rating.get("good") and len(low) < LIST_MAX:
-            low.append(
-                {"ticket": row["number"], "score": rating.get("score"), "comment": rating.get("comment")}
-            )
+            low.append({"ticket": row["number"], "score": rating.get("score"), "comment": row["rating"]})
+    timed = ((("first_response", row["fr_breached"] > 0),) if terms.first_response > 0 else ()) + (
+        (("resolution", row["res_breached"] > 0),) if terms.resolution > 0 else ()
+    )
     for g in into:
         g.tickets += 1
         g.reopened += row["reopens"] > 0
         if done_at_until:
             g.resolved += 1
             g.fcr += row["replies"] <= 1 and row["reopens"] == 0
-        for timer, breached in (("first_response", row["fr_breached"]), ("resolution", row["res_breached"])):
-            if terms.minutes(timer) > 0:
-                g.with_timer[timer] += 1
-                g.breached[timer] += breached > 0
+        for timer, breached in timed:
+            g.with_timer[timer] += 1
+            g.breached[timer] += breached
         for tier, n in (("2", row["esc2"]), ("3", row["esc3"])):
             if n:
                 g.escalations[tier] = g.escalations.get(tier, 0) + n
@@ -321,6 +344,7 @@ def _take(row, config, since, until, cache, into, days, weeks, low, zone) -> lis
     return values
 
 
+@functools.lru_cache(maxsize=1024)
 def _week(day: date) -> str:
     year, week, _ = day.isocalendar()
     return f"{year}-W{week:02d}"
