@@ -174,7 +174,8 @@ def _stream(db, sqlite: bool, since: datetime, until: datetime) -> Iterator[dict
         every event for a plain join; LATERAL (kept apart by OFFSET 0) makes it a lookup a ticket."""
         if sqlite:
             return f'LEFT JOIN "event" {alias} ON {alias}."id" = a."{column}"'
-        return f'LEFT JOIN LATERAL (SELECT * FROM "event" x WHERE x."id" = a."{column}" OFFSET 0) {alias} ON TRUE'
+        found = f'SELECT * FROM "event" x WHERE x."id" = a."{column}" OFFSET 0'
+        return f"LEFT JOIN LATERAL ({found}) {alias} ON TRUE"
 
     # A ticket created before `since` is in the backlog at `until` only if its status then
     # was not done: its status now is not done, or it changed (updated_at) since `since`.
