@@ -48,6 +48,15 @@ _SITE = "closed (site)"
 class _Day(NamedTuple):
     spans: tuple[tuple[datetime, datetime], ...]  # open spans in UTC, in order, not overlapping
     why: str  # "" for the weekly hours, else what made the day different ("closed (site)", ...)
+    ticks: tuple[tuple[int, int], ...]  # the spans in microseconds since EPOCH (`between`'s sums)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _ticks(when: datetime) -> int:
+    """Microseconds since EPOCH, exactly (integers: no float rounding)."""
+    return (when - EPOCH) // _US
 
 
 @dataclass(frozen=True)
@@ -122,10 +131,11 @@ class Calendar:
             if early is not None and late is not None:
                 return (late - early) / 1e6
         total, day, last = 0, self._local(a).date(), self._local(b).date()
+        start, end = _ticks(a), _ticks(b)
         while day <= last:
-            for lo, hi in self._day(day).spans:
-                if min(b, hi) > max(a, lo):
-                    total += (min(b, hi) - max(a, lo)) // _US
+            for lo, hi in self._day(day).ticks:
+                if hi > start and lo < end:
+                    total += min(end, hi) - max(start, lo)
             day += timedelta(days=1)
         return total / 1e6
 
@@ -218,7 +228,8 @@ class Calendar:
         start = self._running(day)
         if start is None:
             return None
-        return start + sum((min(when, hi) - lo) // _US for lo, hi in self._day(day).spans if when > lo)
+        t = _ticks(when)
+        return start + sum(min(t, hi) - lo for lo, hi in self._day(day).ticks if t > lo)
 
     def _running(self, day: date) -> int | None:
         """Open microseconds from the first counted day's midnight to `day`'s (running
@@ -248,7 +259,7 @@ class Calendar:
         return totals[day]
 
     def _open_on(self, day: date) -> int:
-        return sum((hi - lo) // _US for lo, hi in self._day(day).spans)
+        return sum(hi - lo for lo, hi in self._day(day).ticks)
 
     def _day(self, day: date) -> _Day:
         """The open spans of a local date, in UTC, with the reason when they differ from the week."""
@@ -264,7 +275,8 @@ class Calendar:
         else:
             ranges = self.week[day.weekday()]
             why = "" if ranges else _WEEKLY
-        known = _Day(self._spans(day, ranges), why)
+        spans = self._spans(day, ranges)
+        known = _Day(spans, why, tuple((_ticks(lo), _ticks(hi)) for lo, hi in spans))
         if len(self._cache) > 5000:  # years of days: start again rather than grow for ever
             self._cache.clear()
         self._cache[day] = known

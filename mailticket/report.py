@@ -87,6 +87,18 @@ class _Group:
     score_sum: int = 0
     good: int = 0
 
+    def add(self, other: _Group) -> None:
+        """Count `other`'s tickets in these (the total is the sum of the groups)."""
+        for name in ("tickets", "resolved", "fcr", "reopened", "backlog", "surveys", "responses", "scored"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.score_sum += other.score_sum
+        self.good += other.good
+        for mine, theirs in ((self.with_timer, other.with_timer), (self.breached, other.breached)):
+            for timer, n in theirs.items():
+                mine[timer] = mine.get(timer, 0) + n
+        for tier, n in other.escalations.items():
+            self.escalations[tier] = self.escalations.get(tier, 0) + n
+
 
 def compute(config, since: datetime, until: datetime, by: str = "queue") -> dict:
     """The report over tickets created in [since, until) (aware datetimes), broken down by
@@ -108,12 +120,14 @@ def compute(config, since: datetime, until: datetime, by: str = "queue") -> dict
             buffer: list[tuple] = []
             for row in _stream(db, sqlite, since, until):
                 key = _group_key(row, by)
-                g = groups.setdefault(key, _Group())
-                values = _take(row, config, since, until, terms_cache, (total, g), days, weeks, low, zone)
+                g = groups.get(key) or groups.setdefault(key, _Group())
+                values = _take(row, config, since, until, terms_cache, (g,), days, weeks, low, zone)
                 buffer += [(key, metric, v) for metric, v in values]
                 if len(buffer) >= CHUNK:
                     _flush(db, sqlite, buffer)
             _flush(db, sqlite, buffer)
+            for g in groups.values():
+                total.add(g)
             ranks = _percentiles(db)
             lists = _lists(db, sqlite, since, until)
         finally:
@@ -183,6 +197,9 @@ def _stream(db, sqlite: bool, since: datetime, until: datetime) -> Iterator[dict
         f't."merged_into" IS NULL AND t."created_at" < {p} AND (t."created_at" >= {p} '
         f"OR t.\"status\" NOT IN ('resolved', 'closed') OR t.\"updated_at\" >= {p})"
     )
+    # In ticket order where it is free (SQLite reads the table so); PostgreSQL would sort the
+    # joined rows for it, and nothing here needs an order (the lists are sorted after).
+    order = 'ORDER BY t."number"' if sqlite else ""
     sql = f"""
 SELECT t."number", t."status", t."priority", t."queue", t."tier", t."assignee",
        {j('t."fields"', "channel")}, t."sla_policy", t."created_at", t."first_response_at",
@@ -223,8 +240,7 @@ LEFT JOIN (
     GROUP BY "ticket_id"
 ) m ON m."ticket_id" = t."number"
 WHERE {chosen}
-ORDER BY t."number"
-"""
+{order}"""
     u, s = _ts(sqlite, until), _ts(sqlite, since)
     params = [u] * 6 + [u, s, s] * 2
     when = _when
@@ -413,7 +429,14 @@ FROM "{TEMP}" GROUP BY GROUPING SETS (("grp", "metric"), ("metric"))"""
 
 def _lists(db, sqlite: bool, since: datetime, until: datetime) -> dict:
     p = db.param
-    where = f'"merged_into" IS NULL AND "created_at" >= {p} AND "created_at" < {p}'
+    column = '"created_at"'
+    if sqlite:
+        # SQLite walks the created_at index even when the period holds every ticket (its
+        # statistics know no ranges): when it reaches back to the first ticket, a scan it is.
+        first = db.execute_sql('SELECT MIN("created_at") FROM "ticket"').fetchone()[0]
+        if first is not None and _ts(sqlite, since) <= first:
+            column = '+"created_at"'
+    where = f'"merged_into" IS NULL AND {column} >= {p} AND {column} < {p}'
     period = [_ts(sqlite, since), _ts(sqlite, until)]
 
     def top(expr: str, minimum: int = 1) -> list[tuple[str, int]]:
