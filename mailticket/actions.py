@@ -378,6 +378,7 @@ def open_ticket(
         actor=agent.email,
         now=now,
         detail={"source": channel, "by": agent.email},
+        config=cfg,
     )
     events.append(tickets.event(ticket, agent.email, "opened", {"channel": channel, "for": requester}))
     blocked = notify.automatic_block(requester, cfg.helpdesk, now)

@@ -78,41 +78,24 @@ class Pass:
         if why:
             self.did(ticket, f"{template}-skipped", why=why)
             return [tickets.event(ticket, "system", f"{template}-skipped", {"why": why})]
-        rendered = env.templates.render(
-            template,
-            ticket.language,
-            hd.language,
-            token=env.tokens.format(ticket.number),
-            subject=ticket.subject,
-            name=ticket.requester_name,
-            helpdesk=hd.name,
-            ticket=ticket,
-            **context,
-        )
         if ticket.number not in self._parents:
             self._parents.update(tickets.last_customer_message_ids([ticket.number]))
         parent = self._parents.get(ticket.number)
-        msgid = notify.make_msgid(hd.domain)
-        headers = {
-            "From": email.utils.formataddr((hd.name, hd.address)),
-            **notify.reply_headers(
-                parent, [parent] if parent else [], None, ticket.subject[: notify.MAX_SUBJECT], now, True
-            ),
-        }
-        self._rows.append(
-            notify.outbox_row(
-                kind=kind,
-                ticket=ticket.number,
-                mail_from=hd.address,
-                to=to,
-                rendered=rendered,
-                headers=headers,
-                message_id=msgid,
-                now=now,
-                automatic=True,
-            )
+        row, message = notify.customer_mail(
+            ticket,
+            kind=kind,
+            template=template,
+            to=to,
+            parent=(parent, [parent] if parent else [], None),
+            helpdesk=hd,
+            templates=env.templates,
+            token=env.tokens.format(ticket.number),
+            now=now,
+            **context,
         )
-        self._messages.append(notify.sent_message(ticket.number, msgid, hd.address, to, rendered, now))
+        msgid = row["message_id"]
+        self._rows.append(row)
+        self._messages.append(message)
         for scope in notify.limit_scopes(to, kind):
             self._counts[scope] = self._counts.get(scope, 0) + 1
         self.told.add(ticket.number)

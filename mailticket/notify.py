@@ -297,6 +297,54 @@ def customer_block(to: str, helpdesk, counts: dict[str, int], bounced: str | Non
     return ""
 
 
+def customer_mail(
+    ticket,
+    *,
+    kind: str,
+    template: str,
+    to: str,
+    parent: tuple[str | None, list[str], str | None],
+    helpdesk,
+    templates: Templates,
+    token: str,
+    now: datetime,
+    **context,
+) -> tuple[dict, dict]:
+    """Automatic mail of ours to `ticket`'s customer `to`: `template` rendered in their
+    language, threaded to `parent` (Message-ID, References, Thread-Index), as outbox
+    `kind`.  The outbox row and the message row that records it on the ticket (a reply
+    to it threads by its References; the update interval counts from it), for the
+    caller to write, one at a time or a batch together."""
+    rendered = templates.render(
+        template,
+        ticket.language,
+        helpdesk.language,
+        token=token,
+        subject=ticket.subject,
+        name=ticket.requester_name,
+        helpdesk=helpdesk.name,
+        ticket=ticket,
+        **context,
+    )
+    msgid = make_msgid(helpdesk.domain)
+    headers = {
+        "From": email.utils.formataddr((helpdesk.name, helpdesk.address)),
+        **reply_headers(*parent, ticket.subject[:MAX_SUBJECT], now, automatic=True),
+    }
+    row = outbox_row(
+        kind=kind,
+        ticket=ticket.number,
+        mail_from=helpdesk.address,
+        to=to,
+        rendered=rendered,
+        headers=headers,
+        message_id=msgid,
+        now=now,
+        automatic=True,
+    )
+    return row, sent_message(ticket.number, msgid, helpdesk.address, to, rendered, now)
+
+
 def acknowledge(
     ticket,
     *,
@@ -311,42 +359,22 @@ def acknowledge(
 ) -> str:
     """Queue the acknowledgement of `ticket` to `to`, answering `parent`; its Message-ID.
 
-    `parent` is the customer's ParsedMessage; the acknowledgement is also recorded as a
-    message of the ticket, so that a reply to it threads by its References.
+    `parent` is the customer's ParsedMessage; `kind` the template (a rule may name
+    another than `ack`); the outbox kind is `ack`.
     """
-    rendered = templates.render(
-        kind,
-        ticket.language,
-        helpdesk.language,
+    thread = (parent.message_id, parent.references, parent.header("thread-index"))
+    row, message = customer_mail(
+        ticket,
+        kind="ack",
+        template=kind,
+        to=to,
+        parent=thread,
+        helpdesk=helpdesk,
+        templates=templates,
         token=token,
-        subject=ticket.subject,
-        name=ticket.requester_name,
-        helpdesk=helpdesk.name,
-        ticket=ticket,
+        now=now,
         **context,
     )
-    msgid = make_msgid(helpdesk.domain)
-    headers = {
-        "From": email.utils.formataddr((helpdesk.name, helpdesk.address)),
-        **reply_headers(
-            parent.message_id,
-            parent.references,
-            parent.header("thread-index"),
-            ticket.subject[:MAX_SUBJECT],
-            now,
-            automatic=True,
-        ),
-    }
-    queue(
-        kind="ack",
-        ticket=ticket.number,
-        mail_from=helpdesk.address,
-        to=to,
-        rendered=rendered,
-        headers=headers,
-        message_id=msgid,
-        now=now,
-        automatic=True,
-    )
-    models.insert(Message, sent_message(ticket.number, msgid, helpdesk.address, to, rendered, now))
-    return msgid
+    queue_rows([row], now)
+    models.insert(Message, message)
+    return row["message_id"]

@@ -440,6 +440,7 @@ def _new_ticket(run: Run, env: Env, part: str | None, split_from: Ticket | None 
         now=now,
         detail={"source": run.row.source, "inbox": run.row.id},
         why="split" if split_from else run.reason,
+        config=cfg,
     )
     run.events += events + _hits(run, t)
     return t
@@ -492,15 +493,14 @@ def first_response_promise(t: Ticket, env: Env, now: datetime) -> dict:
 
 
 def timers_step(run: Run, env: Env) -> None:
-    """The SLA due times of the tickets this message made or changed (sla.refresh), before
-    the acknowledgement that states when the first response is due.  A reply that changes
-    none of what they follow from (sla.MATTERS) leaves them: most replies cost nothing here."""
-    if run.ticket is None:
+    """The SLA due times of the ticket this message changed (sla.refresh), before the
+    acknowledgement.  A new ticket has them from its INSERT (tickets.create); a reply that
+    changes none of what they follow from (sla.MATTERS) leaves them: most cost nothing here."""
+    if run.ticket is None or run.is_new:
         return
-    now = env.clock.now()
-    for t in [run.ticket, *run.extra_tickets]:
-        if run.is_new or any(e["ticket"] == t.number and e["kind"] in sla.MATTERS for e in run.events):
-            sla.refresh(t, env.config, now, new=run.is_new, pending=run.events)
+    t = run.ticket
+    if any(e["ticket"] == t.number and e["kind"] in sla.MATTERS for e in run.events):
+        sla.refresh(t, env.config, env.clock.now(), pending=run.events)
 
 
 def notify_step(run: Run, env: Env) -> None:

@@ -227,37 +227,42 @@ def refresh(
     config,
     now: datetime,
     *,
-    new: bool = False,
     pending: list[dict] | tuple = (),
     sent: datetime | None = None,
     changes: list[tuple[datetime, str]] | None = None,
 ) -> dict:
     """Recompute `ticket`'s due times and `next_check`; write the ones that moved (no
-    event: they follow from what changed).  `new`: the ticket was just made (no status
-    changes, nothing sent yet: two queries saved).  `pending`: events of this unit of
+    event: they follow from what changed; a new ticket has them from tickets.create).
+    `pending`: events of this unit of
     work not written yet (the pipeline writes a batch's at its end).  `sent`: the caller
     just mailed the customer (the update interval counts from it); `changes`: the ticket's
     `status_changes`, read already.  Returns what was written."""
     t = terms(ticket, config)
     if changes is None:
-        changes = [] if new else status_changes(ticket)
+        changes = status_changes(ticket)
     changes = changes + [
         (now, e["detail"]["to"]) for e in pending if e["kind"] == "status" and e["ticket"] == ticket.number
     ]
-    sent = sent or (ticket.created_at if new else last_sent(ticket))
-    found = timers(ticket, t, changes, sent)
-    values = {
-        "due_first_response": found["first_response"].due,
-        "due_next_update": found["update"].due,
-        "due_resolution": found["resolution"].due,
-    }
-    values["next_check"] = next_check(ticket, found, config, changes)
+    sent = sent or last_sent(ticket)
+    values = due_values(ticket, config, changes, sent, t)
     moved = {k: v for k, v in values.items() if getattr(ticket, k) != v}
     if moved:
         models.update(Ticket, ticket.number, moved)
         for k, v in moved.items():
             setattr(ticket, k, v)
     return moved
+
+
+def due_values(ticket: Ticket, config, changes: list, sent: datetime, terms_: Terms | None = None) -> dict:
+    """The due-time columns of `ticket` (and `next_check`) from its status `changes` and
+    the last mail `sent` to the customer; tickets.create puts them in a new ticket's INSERT."""
+    found = timers(ticket, terms_ or terms(ticket, config), changes, sent)
+    return {
+        "due_first_response": found["first_response"].due,
+        "due_next_update": found["update"].due,
+        "due_resolution": found["resolution"].due,
+        "next_check": next_check(ticket, found, config, changes),
+    }
 
 
 def next_check(ticket: Ticket, found: dict[str, Timer], config, changes) -> datetime | None:

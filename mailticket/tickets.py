@@ -23,7 +23,7 @@ from typing import cast
 
 from peewee import fn
 
-from . import models, notify, states
+from . import models, notify, sla, states
 from .errors import TicketError
 from .models import Attachment, Event, Message, Ticket
 
@@ -67,16 +67,20 @@ def create(
     now: datetime,
     detail: dict,
     why: str | None = None,
+    config=None,
 ) -> tuple[Ticket, list[dict]]:
     """A new ticket of `values` (status `new` and the times `now` unless given) with its
     first message (`add_message`'s `message` and `attachments`), in one INSERT each.
 
     Events: `created` by `actor` with `detail` (where it came from), and `linked` with
     `why` when `values` link it to another ticket.  Whatever decided the values (the
-    rules) records its own events: a new ticket has no "before" to change from.
+    rules) records its own events: a new ticket has no "before" to change from.  With
+    `config`, its SLA due times (sla.py) go into the INSERT too.
     """
     values = {"status": "new", "created_at": now, "updated_at": now, **values}
     _check(values)
+    if config is not None:  # its SLA due times in the same INSERT (sla.refresh keeps them after)
+        values.update(sla.due_values(Ticket(**values), config, [], now))
     ticket = Ticket(**values)
     ticket.number = models.insert(Ticket, values)
     _insert_message(ticket, message, attachments, now)
