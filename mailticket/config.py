@@ -24,7 +24,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .errors import ConfigError
 from .states import PRIORITIES
 
-_Section = typing.TypeVar("_Section", "Outgoing", "Paths", "Smtp", "Imap", "Agents")  # _resolve's sections
+_Section = typing.TypeVar(
+    "_Section", "Outgoing", "Paths", "Smtp", "Imap", "Agents", "OAuth"
+)  # _resolve's sections
 
 DEFAULT_PATH = "mailticket.toml"
 _LEGACY: dict[tuple, typing.Any] = {}  # Config.calendar's "default" calendars, by their settings
@@ -81,6 +83,10 @@ class Smtp:
     tls_key: str = ""
     # Clients at once, overall and per client address; past them a client gets 421.
     # Well under the usual 1,024 open files (the listener also lowers it to fit).
+    # With `listen = "unix:/path"`: the socket's mode (octal) and owner ("user" or
+    # "user:group"; empty: the daemon's own), so that the MTA's delivery agent may connect.
+    socket_mode: str = "0660"
+    socket_owner: str = ""
     max_connections: int = 200
     max_connections_per_ip: int = 20
     # Seconds of silence before a client gets 421 and is closed (RFC 5321 4.5.3.2.7);
@@ -94,6 +100,9 @@ class Imap:
     port: int = 993
     tls: str = "tls"  # tls | starttls | none
     user: str = ""
+    # "password", or SASL "xoauth2" / "oauthbearer" with the tokens of [oauth.NAME] `oauth`.
+    auth: str = "password"
+    oauth: str = ""
     password_env: str = ""
     password_file: str = ""
     folder: str = "INBOX"
@@ -120,10 +129,32 @@ class Outgoing:
     tls_ca_file: str = ""
     tls_verify: bool = True
     username: str = ""
+    auth: str = "password"  # password | xoauth2 | oauthbearer (with [oauth.NAME] `oauth`)
+    oauth: str = ""
     password_env: str = ""
     password_file: str = ""
     max_attempts: int = 8
     retry_base_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class OAuth:
+    """[oauth.NAME]: where a mailbox's OAuth2 tokens come from (oauth.py)."""
+
+    provider: str = "custom"  # microsoft | google | custom
+    client_id: str = ""
+    # The client secret, if the app registration has one (Google's always do).
+    client_secret_env: str = ""
+    client_secret_file: str = ""
+    tenant: str = "common"  # microsoft: the directory (tenant) id, or "organizations"
+    scopes: tuple[str, ...] = ()  # empty: the provider's scopes for IMAP and SMTP
+    # The refresh token, written by `mailticket oauth login` (mode 0600); empty:
+    # var/oauth/NAME.json beside the config.
+    token_file: str = ""
+    # The provider's endpoints; empty: the provider's own (custom needs them).
+    token_url: str = ""
+    device_url: str = ""
+    auth_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -236,6 +267,11 @@ class Daemon:
     # Seconds SIGTERM waits for in-flight work before giving up.
     drain_seconds: int = 30
     log_format: str = "text"  # text | json
+    # This daemon's name in leases and /healthz; empty: HOST:PID.
+    name: str = ""
+    # Seconds after which an IMAP mailbox held by a daemon that stopped renewing it
+    # (killed, cut off) is taken over by another daemon on the same database.
+    lease_seconds: int = 30
 
 
 @dataclass(frozen=True)
@@ -254,6 +290,7 @@ class Config:
     # [calendars.NAME] tables, parsed (calendars.parse); and [queues.NAME].
     calendars: dict[str, typing.Any] = field(default_factory=dict)
     queues: dict[str, Queue] = field(default_factory=dict)
+    oauth: dict[str, OAuth] = field(default_factory=dict)  # [oauth.NAME]
     # Where the file was read from; relative paths were resolved against its folder.
     path: str = ""
 
@@ -320,6 +357,9 @@ _CHOICES = {
     ("outgoing", "transport"): ("folder", "smtp"),
     ("imap", "tls"): ("tls", "starttls", "none"),
     ("imap", "history"): ("import", "skip"),
+    ("imap", "auth"): ("password", "xoauth2", "oauthbearer"),
+    ("outgoing", "auth"): ("password", "xoauth2", "oauthbearer"),
+    ("oauth", "provider"): ("microsoft", "google", "custom"),
     ("agents", "auth"): ("signed", "none"),
     ("daemon", "log_format"): ("text", "json"),
     ("report", "weekday"): ("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
@@ -341,6 +381,7 @@ _RANGES: dict[tuple[str, str], tuple[int | None, int | None]] = {
     ("daemon", "outbox_interval"): (1, None),
     ("daemon", "tick_interval"): (1, None),
     ("daemon", "drain_seconds"): (1, None),
+    ("daemon", "lease_seconds"): (3, None),
     ("agents", "reply_days"): (1, None),
     ("agents", "notification_limit"): (1, None),
     ("report", "every_days"): (1, 366),
@@ -361,6 +402,8 @@ _PATH_KEYS = {
     ("outgoing", "password_file"),
     ("outgoing", "tls_ca_file"),
     ("agents", "secret_file"),
+    ("oauth", "client_secret_file"),
+    ("oauth", "token_file"),
 }
 
 
@@ -402,6 +445,8 @@ def from_dict(data: dict, path: Path) -> Config:
             kwargs[name] = _calendars(value, problems)
         elif name == "queues":
             kwargs[name] = _named(Queue, "queues", value, problems)
+        elif name == "oauth":
+            kwargs[name] = _named(OAuth, "oauth", value, problems)
         elif name == "sla" and isinstance(value, dict) and "policies" in value:
             rest = {k: v for k, v in value.items() if k != "policies"}
             sla = _section(Sla, name, rest, problems)
@@ -470,8 +515,9 @@ def _section(cls: type, name: str, value: object, problems: list[str]) -> object
         except ConfigError as exc:
             problems.append(str(exc))
             continue
-        choices = _CHOICES.get((name, key))
-        low, high = _RANGES.get((name, key), (None, None))
+        kind = name.partition(".")[0]  # [oauth.NAME] is checked as [oauth]
+        choices = _CHOICES.get((kind, key))
+        low, high = _RANGES.get((kind, key), (None, None))
         if choices and coerced not in choices:
             problems.append(f"[{name}] {key}: must be one of {', '.join(choices)}, got {coerced!r}")
         elif isinstance(coerced, int) and (
@@ -561,7 +607,28 @@ def _check(cfg: Config, problems: list[str]) -> None:
     for n, q in cfg.queues.items():
         if q.sla and q.sla not in cfg.sla.policies:
             note(f"[queues.{n}] sla: no policy {q.sla!r} (known: {', '.join(cfg.sla.policies) or 'none'})")
+    if cfg.smtp.listen.startswith("unix:"):
+        if not cfg.smtp.listen[len("unix:") :]:
+            note('[smtp] listen: expected "unix:/PATH/TO/SOCKET" or HOST:PORT, got "unix:"')
+        try:
+            int(cfg.smtp.socket_mode, 8)
+        except ValueError:
+            note(f'[smtp] socket_mode: expected an octal mode such as "0660", got {cfg.smtp.socket_mode!r}')
+    for where, section in [
+        *((f"[[imap]] {i.user or i.host}", i) for i in cfg.imap),
+        ("[outgoing]", cfg.outgoing),
+    ]:
+        if section.auth != "password" and section.oauth not in cfg.oauth:
+            known = ", ".join(cfg.oauth) or "none; add an [oauth.NAME] table"
+            note(f"{where} oauth: auth = {section.auth!r} needs an [oauth.NAME] named here (known: {known})")
+    for name, o in cfg.oauth.items():
+        if not o.client_id:
+            note(f"[oauth.{name}] client_id: required (the app registration's client id)")
+        if o.provider == "custom" and not o.token_url:
+            note(f'[oauth.{name}] token_url: required with provider = "custom"')
     for section, key, value in (("smtp", "listen", cfg.smtp.listen), ("daemon", "http", cfg.daemon.http)):
+        if key == "listen" and value.startswith("unix:"):
+            continue
         if value or key == "listen":  # an empty [daemon] http turns the endpoint off
             try:
                 host_port(value)
@@ -583,6 +650,13 @@ def _resolve(cfg: Config, base: Path, path: str) -> Config:
                     changes[f.name] = str(base / value)
         return dataclasses.replace(section, **changes) if changes else section
 
+    smtp = fix(cfg.smtp, "smtp")
+    if smtp.listen.startswith("unix:") and not Path(smtp.listen[5:]).is_absolute():
+        smtp = dataclasses.replace(smtp, listen="unix:" + str(base / smtp.listen[5:]))
+    oauth = {
+        name: fix(dataclasses.replace(o, token_file=o.token_file or f"var/oauth/{name}.json"), "oauth")
+        for name, o in cfg.oauth.items()
+    }
     url = cfg.database.url
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         rel = url[len("sqlite:///") :]
@@ -592,7 +666,8 @@ def _resolve(cfg: Config, base: Path, path: str) -> Config:
         cfg,
         outgoing=fix(cfg.outgoing, "outgoing"),
         paths=fix(cfg.paths, "paths"),
-        smtp=fix(cfg.smtp, "smtp"),
+        smtp=smtp,
+        oauth=oauth,
         imap=tuple(fix(i, "imap") for i in cfg.imap),
         agents=fix(cfg.agents, "agents"),
         database=Database(url=url),

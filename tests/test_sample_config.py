@@ -44,7 +44,7 @@ def sample_keys() -> dict[tuple[str, str], tuple[object, bool, bool]]:
 def schema() -> dict[tuple[str, str], object]:
     out = {}
     for section in dataclasses.fields(config.Config):
-        if section.name in ("path", "calendars", "queues"):  # named tables: test_named_tables_*
+        if section.name in ("path", "calendars", "queues", "oauth"):  # named tables: test_named_tables_*
             continue
         cls = config.Imap if section.name == "imap" else section.type
         if isinstance(cls, str):
@@ -66,6 +66,10 @@ def test_named_tables_are_shown_in_the_sample_and_the_examples_load():
     data = tomllib.loads(example)
     cfg = config.from_dict(data, SAMPLE)
     assert set(cfg.calendars) == {"office", "always"} and set(cfg.queues) == {"billing"}
+    assert cfg.oauth["m365"].provider == "microsoft" and cfg.oauth["m365"].token_file.endswith("m365.json")
+    # every key of [oauth.NAME] is shown in the example
+    block_keys = {line[2:].split("=")[0].strip() for line in block.splitlines() if "=" in line}
+    assert {f.name for f in dataclasses.fields(config.OAuth)} <= block_keys
     assert cfg.sla.policies["gold"].first_response["P1"] == 15
 
 
