@@ -614,10 +614,9 @@ def _check(cfg: Config, problems: list[str]) -> None:
             int(cfg.smtp.socket_mode, 8)
         except ValueError:
             note(f'[smtp] socket_mode: expected an octal mode such as "0660", got {cfg.smtp.socket_mode!r}')
-    for where, section in [
-        *((f"[[imap]] {i.user or i.host}", i) for i in cfg.imap),
-        ("[outgoing]", cfg.outgoing),
-    ]:
+    sasl: list[tuple[str, Imap | Outgoing]] = [(f"[[imap]] {i.user or i.host}", i) for i in cfg.imap]
+    sasl.append(("[outgoing]", cfg.outgoing))
+    for where, section in sasl:
         if section.auth != "password" and section.oauth not in cfg.oauth:
             known = ", ".join(cfg.oauth) or "none; add an [oauth.NAME] table"
             note(f"{where} oauth: auth = {section.auth!r} needs an [oauth.NAME] named here (known: {known})")
