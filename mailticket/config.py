@@ -614,7 +614,7 @@ def _check(cfg: Config, problems: list[str]) -> None:
             int(cfg.smtp.socket_mode, 8)
         except ValueError:
             note(f'[smtp] socket_mode: expected an octal mode such as "0660", got {cfg.smtp.socket_mode!r}')
-    sasl: list[tuple[str, Imap | Outgoing]] = [(f"[[imap]] {i.user or i.host}", i) for i in cfg.imap]
+    sasl: list[tuple[str, Imap | Outgoing]] = [(f"[[imap]] {b.user or b.host}", b) for b in cfg.imap]
     sasl.append(("[outgoing]", cfg.outgoing))
     for where, section in sasl:
         if section.auth != "password" and section.oauth not in cfg.oauth:
