@@ -616,10 +616,10 @@ def _check(cfg: Config, problems: list[str]) -> None:
             note(f'[smtp] socket_mode: expected an octal mode such as "0660", got {cfg.smtp.socket_mode!r}')
     sasl: list[tuple[str, Imap | Outgoing]] = [(f"[[imap]] {b.user or b.host}", b) for b in cfg.imap]
     sasl.append(("[outgoing]", cfg.outgoing))
-    for where, section in sasl:
-        if section.auth != "password" and section.oauth not in cfg.oauth:
+    for where, box in sasl:
+        if box.auth != "password" and box.oauth not in cfg.oauth:
             known = ", ".join(cfg.oauth) or "none; add an [oauth.NAME] table"
-            note(f"{where} oauth: auth = {section.auth!r} needs an [oauth.NAME] named here (known: {known})")
+            note(f"{where} oauth: auth = {box.auth!r} needs an [oauth.NAME] named here (known: {known})")
     for name, o in cfg.oauth.items():
         if not o.client_id:
             note(f"[oauth.{name}] client_id: required (the app registration's client id)")
