@@ -103,14 +103,16 @@ class Report:
     - `state`: `problem` says why its passes fail; None once they work again.
     - `results`: a worker pass, (source, outcome, latency) for each message.
     - `delivery`: an outbox pass (`delivery`) and the outbox's rows by state (`depth`).
+    - `pass`: a pass of the timed jobs: when, and how many actions (`detail`).
     """
 
-    kind: Literal["ready", "state", "results", "delivery"]
+    kind: Literal["ready", "state", "results", "delivery", "pass"]
     child: str  # "worker", "outbox" or "timers"
     problem: str | None = None
     results: tuple[tuple[str, str, float | None], ...] = ()
     delivery: outbox.Delivery | None = None
     depth: dict[str, int] = field(default_factory=dict)
+    detail: dict = field(default_factory=dict)  # `pass`: the timers' pass, for /healthz
 
 
 class Lifecycle:
@@ -515,6 +517,8 @@ class TimersProcess(ChildProcess):
             self.status.failed("could not run the timed jobs", exc)
             return False
         self.status.worked()
+        detail = {"last_pass": env.clock.now().isoformat(timespec="seconds"), "actions": len(done.actions)}
+        self.events.send(Report("pass", self.name, detail=detail))
         for action in done.actions:
             rest = ", ".join(f"{k} {v}" for k, v in action.items() if k not in ("ticket", "action"))
             log.info("timers: #%s %s%s", action["ticket"], action["action"], f" ({rest})" if rest else "")

@@ -43,17 +43,19 @@ process; a broken edit is logged and the last good version kept.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING, cast
 
 from . import config as config_mod
-from . import outbox
+from . import leases, outbox
 from .app import open_app
 from .children import (
     SPAWN,
@@ -68,12 +70,13 @@ from .children import (
 )
 from .clock import Clock
 from .config import Config, host_port
-from .db import Database, open_database
+from .db import Database, open_database, reset_connection
 from .db import check as check_database
 from .errors import ConfigError
 from .metrics import HttpEndpoint, Metrics
 
 if TYPE_CHECKING:
+    from .imap import ImapPoller
     from .smtp import Listener
 
 log = logging.getLogger(__name__)
@@ -177,6 +180,9 @@ class Daemon:
         self.timers = Child(TimersProcess, config_path, self.outbox_wake)
         self.children = (self.worker, self.outbox, self.timers)
         self.threads: list[threading.Thread] = []
+        self.name = leases.daemon_name(config.daemon.name)  # in mailbox leases and /healthz
+        self.pollers: list[ImapPoller] = []
+        self.timers_pass: dict = {}  # the timers' last pass: when, and what it did
         self.listener: Listener | None = None
         self.http: HttpEndpoint | None = None
         self.transport_error: str | None = None  # the outbox's last word on the smarthost
@@ -220,7 +226,21 @@ class Daemon:
         if cfg.imap:
             from .imap import ImapPoller
 
-            pollers = [(box, ImapPoller(box, self.clock, on_stored=self.stored)) for box in cfg.imap]
+            pollers = [
+                (
+                    box,
+                    ImapPoller(
+                        box,
+                        self.clock,
+                        on_stored=self.stored,
+                        oauth=cfg.oauth.get(box.oauth),
+                        holder=self.name,
+                        lease_seconds=cfg.daemon.lease_seconds,
+                    ),
+                )
+                for box in cfg.imap
+            ]
+            self.pollers = [p for _, p in pollers]
         if cfg.daemon.http:
             host, port = host_port(cfg.daemon.http)
             try:
@@ -273,6 +293,8 @@ class Daemon:
                     m.tickets_created.inc()
                 if latency is not None:
                     m.latency.observe(latency)
+        elif report.kind == "pass":
+            self.timers_pass = report.detail
         elif report.kind == "delivery" and (done := report.delivery) is not None:
             self.transport_error = done.transport_error
             m.deliveries.inc(done.sent)
@@ -306,9 +328,43 @@ class Daemon:
         ok = not problems
         if self.transport_error:
             problems["smarthost"] = self.transport_error
+        mailboxes = self._mailboxes(database_up="database" not in problems)
+        for key, box in mailboxes.items():
+            if box.get("problem"):  # mail waits on the server: shown, but not a 503
+                problems[f"imap {key}"] = box["problem"]
         detail = {name: name not in problems for name in ("worker", "outbox", "timers", "edges", "database")}
         detail["outbox"] = detail["outbox"] and "smarthost" not in problems
-        return ok, {**detail, "problems": problems}
+        jobs = {"timers": {"running": detail["timers"], **self.timers_pass}}
+        holds = {"mailboxes": sorted(k for k, b in mailboxes.items() if b["held"]), "jobs": ["timers"]}
+        return ok, {
+            **detail,
+            "daemon": self.name,
+            "holds": holds,
+            "mailboxes": mailboxes,
+            "jobs": jobs,
+            "problems": problems,
+        }
+
+    def _mailboxes(self, database_up: bool) -> dict[str, dict]:
+        """Each [[imap]] mailbox: whether this daemon polls it now, else which daemon holds
+        it and until when, and why its polling fails if it does."""
+        out: dict[str, dict] = {}
+        held: dict = {}
+        if self.pollers and database_up:
+            try:
+                held = leases.leases([p.key for p in self.pollers])
+            except Exception as exc:  # noqa: BLE001 - /healthz reports, never fails
+                log.debug("healthz: cannot read the mailbox leases: %s", exc)
+            finally:
+                reset_connection()  # this request's thread: no connection left behind
+        for poller in self.pollers:
+            box: dict = {"held": poller.holding, "problem": poller.problem}
+            lease = held.get(poller.key)
+            if lease is not None and lease.holder != self.name:
+                box["held_by"] = lease.holder
+                box["lease_until"] = lease.until.isoformat() if lease.until else None
+            out[poller.key] = box
+        return out
 
     def reload(self) -> None:
         """SIGHUP: the worker and the timers reload configuration, rules and templates, the
@@ -369,6 +425,7 @@ def run(config_path: str | None, clock: Clock | None = None) -> int:
 
     cfg = config_mod.load(config_path)
     setup_logging(cfg.daemon.log_format)
+    alone = one_daemon(cfg)  # SQLite: held (open) until this process exits
     # Check everything the worker will need before answering any mail: broken rules or
     # an unreachable database stop the start here, with a clear message.
     open_app(cfg).close()
@@ -377,3 +434,37 @@ def run(config_path: str | None, clock: Clock | None = None) -> int:
         return Daemon(cfg, config_path, clock or SystemClock(), db).serve_forever()
     finally:
         db.close()
+        if alone is not None:
+            os.close(alone)
+
+
+def one_daemon(cfg: Config) -> int | None:
+    """On SQLite, make sure this is the only daemon on the database; the lock's descriptor.
+
+    SQLite has one writer at a time and the daemon counts on being alone there (at start
+    it hands back what a killed predecessor's outbox had claimed).  A second `mailticket
+    run` on the same file is refused, naming the first; several daemons need PostgreSQL.
+    The lock is an flock on `FILE.daemon-lock`, which the kernel releases when the daemon
+    dies however it dies.
+    """
+    if not cfg.database.is_sqlite:
+        return None
+    path = cfg.database.url[len("sqlite:///") :]
+    if not path or path == ":memory:":
+        return None
+    lock = f"{path}.daemon-lock"
+    os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            f"[database] url = {cfg.database.url}: another mailticket daemon already runs on this "
+            f"SQLite database ({holder}). SQLite serves one daemon: stop that one first, or move "
+            'to PostgreSQL to run several (docs/deploy.md, "Several daemons").'
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd

@@ -314,8 +314,30 @@ def _v7(db: peewee.Database) -> None:
     db.execute_sql('CREATE INDEX IF NOT EXISTS "ticket_created_at" ON "ticket" ("created_at")')
 
 
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+def _v8(db: peewee.Database) -> None:
+    """DedupeKey (issue 14: exactly once with several daemons, by a unique key rather than a
+    lookup), filled with the key of every message processed so far (the first row of each);
+    ImapState.holder and lease_until (one daemon polls a mailbox at a time, leases.py)."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    db.create_tables([models.DedupeKey], safe=True)
+    present = {c.name for c in db.get_columns("imapstate")}
+    migrator = SchemaMigrator.from_database(db)
+    state = models.ImapState
+    columns = (("holder", state.holder), ("lease_until", state.lease_until))
+    migrate(*(migrator.add_column("imapstate", name, f) for name, f in columns if name not in present))
+    db.execute_sql('DROP INDEX IF EXISTS "inbox_dedupe_key"')  # DedupeKey is the lookup now
+    db.execute_sql(
+        'INSERT INTO "dedupekey" ("key", "inbox") SELECT "dedupe_key", MIN("id") FROM "inbox" '
+        'WHERE "state" = \'done\' AND "dedupe_key" IS NOT NULL '
+        'AND ("outcome" IS NULL OR "outcome" <> \'duplicate\') GROUP BY "dedupe_key" '
+        'ON CONFLICT ("key") DO NOTHING'
+    )
+
+
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 SCHEMA_VERSION = len(MIGRATIONS)
+MIGRATION_LOCK = 0x6D74_6D69  # PostgreSQL advisory lock key held while migrating ("mtmi")
 
 
 def schema_version(db: peewee.Database) -> int:
@@ -328,6 +350,10 @@ def schema_version(db: peewee.Database) -> int:
 def migrate_schema(db: peewee.Database) -> int:
     """Apply every migration the database has not had yet; return the version now."""
     with db.atomic():
+        if isinstance(db, peewee.PostgresqlDatabase):
+            # Several daemons started at once on a new database: one migrates, the others
+            # wait here and find it done (CREATE TABLE is not safe to race).
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         db.create_tables([models.SchemaVersion])
         current = schema_version(db)
         if current > SCHEMA_VERSION:

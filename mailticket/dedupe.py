@@ -2,10 +2,17 @@
 
 A duplicate is the same Message-ID with the same content, trace headers aside: a
 resend after a crash, a second recipient's copy, an mbox imported twice.  The key is
-the Message-ID, one indexed lookup; contents are compared only when that finds a row.
+the Message-ID; contents are compared only when another row holds it.
 Some mailers reuse one Message-ID for different messages (scanners, old list
 software, hand-made mail): such a message is a new one, keyed by its content hash (as
 a message without a Message-ID is) so that its own copies are still duplicates.
+
+The key is claimed, not looked up: a row of `DedupeKey` per key, inserted in the
+transaction that processes the message.  With several daemons on one PostgreSQL
+database, two copies of one message (sent to two daemons, or fetched twice) may be
+processed at the same moment; a lookup would find neither and make two tickets,
+whereas the second INSERT waits for the first transaction and finds the key taken.  A
+message that fails and is quarantined rolls its claim back with the rest.
 """
 
 from __future__ import annotations
@@ -36,22 +43,15 @@ def content_hash(raw: bytes) -> str:
 
 
 def check(row: Inbox, message_id: str | None) -> tuple[str, tuple | None, int | None]:
-    """`row`'s dedupe key; the earliest processed row it duplicates, as
-    `(inbox id, ticket, state)`, or None; the inbox row whose Message-ID it reuses with
-    other content, or None."""
+    """`row`'s dedupe key, taken for it (`models.claim_dedupe_key`, in the caller's
+    transaction); the inbox row it duplicates, as `(inbox id, ticket, state)`, or None; the
+    inbox row whose Message-ID it reuses with other content, or None."""
     key = message_id[:250] if message_id else "sha256:" + content_hash(bytes(row.raw))
-    earlier = _done_rows(row, key)
+    holder = models.claim_dedupe_key(key, row.id)
     reused_from = None
-    if earlier and message_id:
+    if holder is not None and message_id:
         digest = content_hash(bytes(row.raw))
-        first = min(earlier)[0]
-        if content_hash(bytes(models.get(Inbox, first).raw)) != digest:
-            reused_from, key = first, "sha256:" + digest
-            earlier = _done_rows(row, key)
-    return key, min(earlier) if earlier else None, reused_from
-
-
-def _done_rows(row: Inbox, key: str) -> list[tuple]:
-    # Only the indexed column in the WHERE: with `state` in it too, SQLite's planner
-    # may pick the state index and scan every processed row (10 ms a message at 10^4).
-    return [r for r in models.inbox_by_dedupe_key(key) if r[2] == "done" and r[0] != row.id]
+        if content_hash(bytes(models.get(Inbox, holder).raw)) != digest:
+            reused_from, key = holder, "sha256:" + digest
+            holder = models.claim_dedupe_key(key, row.id)
+    return key, models.inbox_brief(holder) if holder is not None else None, reused_from

@@ -27,6 +27,7 @@ This is the only module that imports imapclient.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -35,13 +36,15 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientError
+from imapclient.exceptions import IMAPClientError, LoginError
 
+from . import leases
 from .clock import Clock
-from .config import Imap, read_secret
+from .config import Imap, OAuth, read_secret
 from .db import TRANSIENT_ERRORS, DatabaseError, writing
 from .errors import MailticketError, StorageError
 from .inbox import Incoming, store_many
+from .leases import LeaseLost
 from .models import ImapState, database_proxy
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,9 @@ class ImapPoller:
         batch: int = BATCH,
         batch_bytes: int = BATCH_BYTES,
         ssl_context: ssl.SSLContext | None = None,
+        oauth: OAuth | None = None,
+        holder: str | None = None,
+        lease_seconds: int = 30,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
@@ -94,6 +100,7 @@ class ImapPoller:
         self.batch = batch
         self.batch_bytes = batch_bytes
         self.ssl_context = ssl_context  # None: the system's CAs, hostname checked
+        self.oauth = oauth  # the [oauth.NAME] that `cfg.oauth` names, for auth = xoauth2 | oauthbearer
         self.key = mailbox_key(cfg)
         self.backoff_min, self.backoff_max = BACKOFF_MIN, BACKOFF_MAX
         self._client: IMAPClient | None = None
@@ -103,13 +110,61 @@ class ImapPoller:
         self._importing = False  # first drain of this mailbox: the history cut-off applies
         self._unacked: list[int] = []  # committed, not yet flagged/moved (connection lost)
         self._stop = threading.Event()  # run()'s: a long backlog stops between batches
+        # Several daemons on one database: `run` polls only while this daemon (`holder`)
+        # holds the mailbox's lease (leases.py), renewed every third of `lease_seconds`.
+        self.holder = holder
+        self.lease_seconds = lease_seconds
+        self.holding = False  # for /healthz
+        self.problem: str | None = None  # why the last attempt failed (/healthz); None: it works
+        self._renewed = 0.0  # time.monotonic() of the last renewal
 
     # --- connection ------------------------------------------------------------------
 
     def _connect(self) -> IMAPClient:
-        """The one seam for the network client: a logged-in IMAPClient (tests wrap it)."""
+        """The one seam for the network client: a logged-in IMAPClient (tests wrap it).
+
+        With `auth = "xoauth2"` or `"oauthbearer"` the login is SASL with an OAuth2
+        access token.  A token the server refuses (revoked, or expired before the time
+        our cache has for it) is refreshed once and tried on a new connection; a
+        refused fresh one, or no token at all (`OAuthError`: the refresh token was
+        revoked, the provider is unreachable), raises a MailticketError, which `run`
+        logs and backs off from: nothing is fetched, so nothing is flagged or lost.
+        """
         cfg = self.cfg
-        password = read_secret(cfg.password_env, cfg.password_file, f"[imap] {self.key}")
+        if cfg.auth == "password":
+            password = read_secret(cfg.password_env, cfg.password_file, f"[imap] {self.key}")
+            # imapclient's protocol logger redacts the LOGIN line (STYLE.md 11).
+            return self._signed_in(lambda client: client.login(cfg.user, password))
+        from .oauth import OAuthError, source  # here: authlib is loaded only where OAuth2 is used
+
+        if self.oauth is None:  # the daemon passes config.oauth.get(cfg.oauth)
+            raise OAuthError(f"imap {self.key}: auth = {cfg.auth!r} needs [oauth.{cfg.oauth}]")
+        tokens = source(self.oauth, cfg.oauth)
+        try:
+            return self._signed_in(self._sasl(tokens.token()))
+        except LoginError as exc:
+            log.info("imap %s: the server refused the access token (%s); refreshing it", self.key, exc)
+            tokens.invalidate()
+        try:
+            return self._signed_in(self._sasl(tokens.token()))
+        except LoginError as exc:
+            raise OAuthError(
+                f"imap {self.key}: the server refused a newly refreshed access token of "
+                f"[oauth.{cfg.oauth}] ({exc}): check that the app registration may use IMAP "
+                f"(its scopes) and that the token is {cfg.user}'s"
+            ) from exc
+
+    def _sasl(self, token: str) -> Callable[[IMAPClient], object]:
+        """The login with `token`; the token was fetched before connecting, so a provider
+        that cannot be reached costs no connection to the IMAP server."""
+        user = self.cfg.user
+        if self.cfg.auth == "oauthbearer":
+            return lambda client: client.oauthbearer_login(user, token)  # RFC 7628
+        return lambda client: client.oauth2_login(user, token)  # Google's and Microsoft's XOAUTH2
+
+    def _signed_in(self, login: Callable[[IMAPClient], object]) -> IMAPClient:
+        """A new connection (TLS as configured), logged in by `login`, or its socket closed."""
+        cfg = self.cfg
         context = None
         if cfg.tls != "none":
             context = self.ssl_context or ssl.create_default_context()
@@ -123,8 +178,7 @@ class ImapPoller:
         try:
             if cfg.tls == "starttls":
                 client.starttls(context)
-            # imapclient's protocol logger redacts the LOGIN line (STYLE.md 11).
-            client.login(cfg.user, password)
+            login(client)
         except BaseException:
             _shutdown(client)
             raise
@@ -204,11 +258,13 @@ class ImapPoller:
 
     def _save_state(self, last_uid: int, importing: bool) -> None:
         uidvalidity = None if importing else self._uidvalidity
-        updated = (
-            ImapState.update(uidvalidity=uidvalidity, last_uid=last_uid)
-            .where(ImapState.mailbox == self.key)
-            .execute()
-        )
+        mine = ImapState.mailbox == self.key
+        if self.holder is not None:  # fenced: only while the lease is still ours
+            mine &= ImapState.holder == self.holder
+        updated = ImapState.update(uidvalidity=uidvalidity, last_uid=last_uid).where(mine).execute()
+        if not updated and self.holder is not None:
+            self.holding = False
+            raise LeaseLost(f"imap {self.key}: another daemon took the mailbox over; this batch is undone")
         if not updated:
             ImapState.insert(mailbox=self.key, uidvalidity=uidvalidity, last_uid=last_uid).execute()
 
@@ -332,22 +388,30 @@ class ImapPoller:
     def run(self, stop: threading.Event) -> None:
         """Poll, then IDLE (or wait `poll_interval`), until `stop` is set; reconnect on errors.
 
-        Meant for a thread of its own: `threading.Thread(target=poller.run, args=(stop,))`.
+        With a `holder`, only while this daemon holds the mailbox's lease: otherwise it
+        waits and tries again (another daemon polls it meanwhile).  Meant for a thread
+        of its own: `threading.Thread(target=poller.run, args=(stop,))`.
         """
         self._stop = stop
         delay = self.backoff_min
         try:
             while not stop.is_set():
                 try:
+                    if not self._keep_lease(force=True):
+                        stop.wait(self._renew_every())  # another daemon polls it
+                        continue
                     self.poll_once()
                     delay = self.backoff_min
+                    self.problem = None
                     self._wait(stop)
-                except (*NETWORK_ERRORS, MailticketError) as exc:
+                except (*NETWORK_ERRORS, MailticketError, DatabaseError, *TRANSIENT_ERRORS) as exc:
                     # One line per failure; imapclient's errors never carry the password.
+                    self.problem = f"{type(exc).__name__}: {exc}"
                     log.warning(
                         "imap %s: %s: %s; retrying in %.3g s", self.key, type(exc).__name__, exc, delay
                     )
-                except Exception:  # a bug: keep the thread alive, say so loudly
+                except Exception as exc:  # a bug: keep the thread alive, say so loudly
+                    self.problem = f"unexpected error: {type(exc).__name__}: {exc}"
                     log.exception("imap %s: unexpected error; retrying in %.3g s", self.key, delay)
                 else:
                     continue
@@ -356,8 +420,42 @@ class ImapPoller:
                 delay = min(delay * 2, self.backoff_max)
         finally:
             self.close()
+            if self.holding and self.holder is not None:
+                with contextlib.suppress(Exception):  # the lease runs out on its own anyway
+                    leases.release(self.key, self.holder)
+                    log.info("imap %s: lease released", self.key)
+                self.holding = False
             if database_proxy.obj is not None and not database_proxy.is_closed():
                 database_proxy.close()  # this thread's connection only (peewee keeps one per thread)
+
+    # --- the lease (several daemons) -------------------------------------------------
+
+    def _renew_every(self) -> float:
+        return self.lease_seconds / 3
+
+    def _keep_lease(self, force: bool = False) -> bool:
+        """Take or renew the mailbox's lease when due; whether this daemon holds it.
+
+        Losing it (another daemon took over while this one stalled) drops the
+        connection: the next batch is the other daemon's.
+        """
+        if self.holder is None:
+            return True
+        if not force and time.monotonic() - self._renewed < self._renew_every():
+            return self.holding
+        was = self.holding
+        try:
+            self.holding = leases.take(self.key, self.holder, self.lease_seconds, self.clock)
+        except (DatabaseError, *TRANSIENT_ERRORS) as exc:
+            self.holding = False
+            raise StorageError(f"cannot renew the lease on the mailbox: {exc}") from exc
+        self._renewed = time.monotonic()
+        if self.holding and not was:
+            log.info("imap %s: this daemon (%s) now polls the mailbox", self.key, self.holder)
+        elif was and not self.holding:
+            log.warning("imap %s: another daemon took the mailbox over", self.key)
+            self._drop()
+        return self.holding
 
     def _wait(self, stop: threading.Event) -> None:
         client = self._client
@@ -365,8 +463,12 @@ class ImapPoller:
             return
         if self.cfg.idle and client.has_capability("IDLE"):
             self._idle(client, stop)
-        else:
-            stop.wait(self.cfg.poll_interval)
+            return
+        until = time.monotonic() + self.cfg.poll_interval
+        while not stop.is_set() and (left := until - time.monotonic()) > 0:
+            stop.wait(min(left, self._renew_every()) if self.holder is not None else left)
+            if not self._keep_lease():
+                return
 
     def _idle(self, client: IMAPClient, stop: threading.Event) -> None:
         """RFC 2177 IDLE until new mail, `stop`, or time to renew the IDLE."""
@@ -381,4 +483,7 @@ class ImapPoller:
             # idle_check swallows that EOF; idle_done() below raises it.
             if not responses and time.monotonic() - tick < IDLE_TICK / 2:
                 break
-        client.idle_done()
+            if self.holder is not None and not self._keep_lease():
+                break
+        if self._client is not None:  # still connected (a lost lease dropped it)
+            client.idle_done()

@@ -104,7 +104,7 @@ class Inbox(BaseModel):
     raw = peewee.BlobField()  # type: ignore[assignment]  # the column shadows Model.raw(sql)
     state = CharField(max_length=16, default="pending", index=True)
     # Message-ID, or a hash of the bytes when there is none: what `dedupe` compares.
-    dedupe_key = CharField(null=True, index=True)
+    dedupe_key = CharField(null=True)  # claimed in DedupeKey (schema v8), which is its index
     message_id = TextField(null=True)
     outcome = CharField(max_length=16, null=True)
     ticket = peewee.IntegerField(null=True)
@@ -239,6 +239,9 @@ class ImapState(BaseModel):
     mailbox = CharField(unique=True)  # user@host/folder
     uidvalidity = peewee.BigIntegerField(null=True)
     last_uid = peewee.BigIntegerField(default=0)
+    # The daemon polling it and until when (leases.py; schema v8): one poller at a time.
+    holder = CharField(null=True)
+    lease_until = UTCDateTimeField(null=True)
 
 
 class Bounced(BaseModel):
@@ -279,7 +282,31 @@ class Job(BaseModel):
     last_at = UTCDateTimeField(null=True)
 
 
-ALL_MODELS = [Inbox, Ticket, Message, Attachment, Event, Outbox, Agent, ImapState, Bounced, AutoCount, Job]
+class DedupeKey(BaseModel):
+    """Which inbox row a dedupe key (a Message-ID, or `sha256:` of the content) belongs to
+    (schema v8).  Its primary key makes "one message, one ticket" a constraint of the
+    database rather than a read-then-write: two daemons processing two copies of one
+    message at once both INSERT the key, and the second waits for the first's commit
+    and finds it taken (dedupe.py)."""
+
+    key = CharField(primary_key=True)
+    inbox = peewee.IntegerField()
+
+
+ALL_MODELS = [
+    Inbox,
+    Ticket,
+    Message,
+    Attachment,
+    Event,
+    Outbox,
+    Agent,
+    ImapState,
+    Bounced,
+    AutoCount,
+    Job,
+    DedupeKey,
+]
 
 # Re-exported so that callers outside db.py/models.py never import peewee themselves.
 fn = peewee.fn
@@ -387,10 +414,28 @@ def update(model: type[BaseModel], pk: int, values: dict) -> None:
     database_proxy.execute_sql(sql, [f.db_value(v) for f, v in zip(fields, values.values())] + [pk])
 
 
-def inbox_by_dedupe_key(key: str) -> list[tuple[int, int | None, str]]:
-    """(id, ticket, state) of every inbox row with this dedupe key (index-only lookup)."""
-    sql = _sql(("dedupe",), lambda p: 'SELECT "id", "ticket", "state" FROM "inbox" WHERE "dedupe_key" = ' + p)
-    return list(database_proxy.execute_sql(sql, [key]).fetchall())
+def claim_dedupe_key(key: str, inbox: int) -> int | None:
+    """Make `key` inbox row `inbox`'s; None when it now is (or already was), else the row
+    that holds it.  On PostgreSQL the INSERT waits while another transaction holds the same
+    key uncommitted, and sees the outcome: the one message processed once either way."""
+    insert = _sql(
+        ("dedupe-claim",),
+        lambda p: (
+            f'INSERT INTO "dedupekey" ("key", "inbox") VALUES ({p}, {p}) ON CONFLICT ("key") DO NOTHING'
+        ),
+    )
+    if database_proxy.execute_sql(insert, [key, inbox]).rowcount == 1:
+        return None
+    sql = _sql(("dedupe-holder",), lambda p: f'SELECT "inbox" FROM "dedupekey" WHERE "key" = {p}')
+    row = database_proxy.execute_sql(sql, [key]).fetchone()
+    holder = row[0] if row else None
+    return None if holder == inbox else holder
+
+
+def inbox_brief(inbox: int) -> tuple[int, int | None, str] | None:
+    """(id, ticket, state) of one inbox row."""
+    sql = _sql(("inbox-brief",), lambda p: f'SELECT "id", "ticket", "state" FROM "inbox" WHERE "id" = {p}')
+    return database_proxy.execute_sql(sql, [inbox]).fetchone()
 
 
 def still_pending(ids: list[int]) -> set[int]:

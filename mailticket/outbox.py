@@ -152,7 +152,7 @@ class FolderTransport:
 
 def transport_for(config: Config):
     if config.outgoing.transport == "smtp":
-        return SmtpTransport(config.outgoing)
+        return SmtpTransport(config.outgoing, config.oauth.get(config.outgoing.oauth))
     return FolderTransport(config.outgoing.folder)
 
 
@@ -166,8 +166,16 @@ class Delivery:
 
 
 # A claimed row not marked within this long (its sender died) is taken again; a pass
-# renews the claims it still holds every half lease.
+# renews the claims it still holds every half lease.  The daemon's is four times
+# `[daemon] lease_seconds` (`lease_for`): 2 minutes by default, longer than any one
+# hand-over to the smarthost may take.
 LEASE = timedelta(minutes=2)
+
+
+def lease_for(config: Config) -> timedelta:
+    return timedelta(seconds=4 * config.daemon.lease_seconds)
+
+
 # The transport's own backoff (a smarthost down, refusing our login) stops growing here:
 # the queue waits for the smarthost however long it is away, and notices it soon.
 TRANSPORT_BACKOFF_MAX = timedelta(minutes=10)
@@ -195,7 +203,8 @@ def deliver_due(
             done.transport_error = outage.error
             return done
         store = AttachmentStore(config.paths.attachments)  # the files agents' replies carry
-        _deliver(claim(clock.now(), limit), config.outgoing, transport, clock, done, store)
+        lease = lease_for(config)
+        _deliver(claim(clock.now(), limit, lease), config.outgoing, transport, clock, done, store, lease)
     finally:
         if own:
             transport.close()
@@ -209,14 +218,15 @@ def _deliver(
     clock: Clock,
     done: Delivery,
     store: AttachmentStore,
+    lease: timedelta = LEASE,
 ) -> None:
     marks: list[tuple[int, dict]] = []
     leased = clock.now()
     try:
         for i, row in enumerate(rows):
-            if clock.now() - leased >= LEASE / 2:  # a long pass keeps what it claimed
+            if clock.now() - leased >= lease / 2:  # a long pass keeps what it claimed
                 leased = clock.now()
-                _renew([r.id for r in rows], leased + LEASE)
+                _renew([r.id for r in rows], leased + lease)
             try:
                 mark = _attempt(row, cfg, transport, clock, done, store)
             except TransportFailure as exc:  # not this row's fault: stop, put every row back
@@ -247,10 +257,10 @@ def _deliver(
                     models.update(Outbox, row_id, mark)
 
 
-def claim(now: datetime, limit: int) -> list[Outbox]:
+def claim(now: datetime, limit: int, lease: timedelta = LEASE) -> list[Outbox]:
     """Take up to `limit` rows that are due, for this process alone.
 
-    They become `sending` with a lease (`next_attempt_at` = now + LEASE): another
+    They become `sending` with a lease (`next_attempt_at` = now + `lease`): another
     daemon on the same PostgreSQL database (which skips rows being claimed) or an
     `outbox deliver` beside the daemon never takes them meanwhile.  A process that
     dies while sending leaves them to be taken again once the lease is over (or at
@@ -265,7 +275,7 @@ def claim(now: datetime, limit: int) -> list[Outbox]:
         ids = [row.id for row in query]
         if not ids:
             return []
-        Outbox.update(state="sending", next_attempt_at=now + LEASE).where(Outbox.id.in_(ids)).execute()
+        Outbox.update(state="sending", next_attempt_at=now + lease).where(Outbox.id.in_(ids)).execute()
     return list(Outbox.select().where(Outbox.id.in_(ids)).order_by(Outbox.id))
 
 

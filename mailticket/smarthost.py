@@ -17,6 +17,12 @@ connection that the smarthost closed while idle gets one fresh try, free of char
 
 The password goes to whoever answers, so TLS verifies the certificate and the host
 name by default: the system's CAs, or `tls_ca_file` for a private CA.
+
+With `auth = "xoauth2"` or `"oauthbearer"` (Microsoft 365 and Google turned password
+login off) the login is SASL with an OAuth2 access token of `[oauth.NAME]` (oauth.py),
+and no password is read.  A token the smarthost refuses (535) is refreshed once; a
+refresh token the provider refused is a `TransportFailure` whose text says which
+command signs in again, so /healthz tells the administrator what to do.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parseaddr
 
-from .config import Outgoing, read_secret
+from .config import OAuth, Outgoing, read_secret
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,7 @@ TIMEOUT = 30
 SMTP_OK = 250
 SMTP_CLOSING = 421  # service not available, closing the channel (RFC 5321 3.8)
 SMTP_FIRST_PERMANENT = 500  # 5yz: permanent negative completion (RFC 5321 4.2.1)
+SMTP_AUTH_INVALID = 535  # authentication credentials invalid (RFC 4954 6)
 
 
 class TransportFailure(Exception):
@@ -89,9 +96,14 @@ class SmtpTransport:
 
     idempotent = False  # each row is marked sent right after its hand-over
 
-    def __init__(self, cfg: Outgoing) -> None:
+    def __init__(self, cfg: Outgoing, oauth: OAuth | None = None) -> None:
+        """`oauth`: the `[oauth.NAME]` that `cfg.oauth` names, for auth = xoauth2 | oauthbearer."""
         self.cfg = cfg
-        self.password = read_secret(cfg.password_env, cfg.password_file, "[outgoing]")
+        self.oauth = oauth
+        # With OAuth2 the access token stands in for the password: none is read.
+        self.password = (
+            read_secret(cfg.password_env, cfg.password_file, "[outgoing]") if cfg.auth == "password" else ""
+        )
         self.conn: smtplib.SMTP | None = None
         self.outage = Outage()
 
@@ -155,14 +167,75 @@ class SmtpTransport:
             if cfg.starttls:
                 conn.starttls(context=context)
                 conn.ehlo_or_helo_if_needed()  # the extensions offered under TLS
-            if cfg.username:
+            if cfg.auth != "password":
+                self._oauth_login(conn)
+            elif cfg.username:
                 conn.login(cfg.username, self.password)
+        except TransportFailure:
+            conn.close()
+            raise
         except Exception as exc:  # STARTTLS refused or unverified, 535, a password smtplib cannot send
             conn.close()  # every failure path closes the socket
             raise TransportFailure(describe(exc)) from exc
         log.info("smarthost %s:%d connected%s", cfg.host, cfg.port, " (TLS)" if context else "")
         self.conn = conn
         return conn
+
+    def _oauth_login(self, conn: smtplib.SMTP) -> None:
+        """AUTH XOAUTH2 or OAUTHBEARER; a refused token is refreshed once (it may have been
+        revoked, or have expired before the time our cache has for it)."""
+        from . import oauth  # here: authlib is loaded only where OAuth2 is used
+
+        cfg = self.cfg
+        mechanism = cfg.auth.upper()
+        offered = conn.esmtp_features.get("auth", "").upper().split()
+        if mechanism not in offered:
+            raise TransportFailure(
+                f"the smarthost does not offer AUTH {mechanism} "
+                f"(it offers: {' '.join(offered) or 'no AUTH at all'})"
+            )
+        if not cfg.username:
+            raise TransportFailure(f"[outgoing] username: required with auth = {cfg.auth!r}")
+        if self.oauth is None:  # outbox.transport_for passes config.oauth.get(cfg.oauth)
+            raise TransportFailure(f"[outgoing] auth = {cfg.auth!r} needs [oauth.{cfg.oauth}]")
+        tokens = oauth.source(self.oauth, cfg.oauth)
+
+        def initial(token: str) -> str:
+            if cfg.auth == "oauthbearer":
+                return oauth.oauthbearer(cfg.username, cfg.host, cfg.port, token)
+            return oauth.xoauth2(cfg.username, token)
+
+        try:
+            try:
+                self._authenticate(conn, initial(tokens.token()))
+                return
+            except smtplib.SMTPAuthenticationError as exc:
+                if exc.smtp_code != SMTP_AUTH_INVALID:
+                    raise
+                log.info("smarthost: the access token was refused (%s); refreshing it", describe(exc))
+                tokens.invalidate()
+            try:
+                self._authenticate(conn, initial(tokens.token()))
+            except smtplib.SMTPAuthenticationError as exc:
+                raise TransportFailure(
+                    f"{describe(exc)}: the smarthost refused a newly refreshed access token of "
+                    f"[oauth.{cfg.oauth}]: check that the app registration may send mail (its "
+                    f"scopes) and that the token is {cfg.username}'s"
+                ) from exc
+        except oauth.OAuthError as exc:  # no token at all: its text says what to run
+            raise TransportFailure(str(exc)) from exc
+
+    def _authenticate(self, conn: smtplib.SMTP, initial: str) -> None:
+        """One AUTH exchange with the initial response (RFC 4954 4); smtplib base64s it."""
+        # A refused token comes back as a 334 error challenge (JSON).  RFC 7628 3.2.3:
+        # OAUTHBEARER answers it with a single %x01; Google's XOAUTH2 document: an
+        # empty line.  The server then fails the exchange with 535.
+        after_error = "\x01" if self.cfg.auth == "oauthbearer" else ""
+
+        def respond(challenge: bytes | None = None) -> str:
+            return initial if challenge is None else after_error
+
+        conn.auth(self.cfg.auth.upper(), respond, initial_response_ok=True)
 
     def _reset(self) -> None:
         """RSET after a failed transaction; a connection that cannot take it is closed."""

@@ -5,6 +5,12 @@
 the server is up, even if an earlier test stopped it.  `dovecot_tls` is another
 server, started only for the tests that take it, that speaks STARTTLS and TLS.  Dovecot is required, never
 skipped: `make test-deps` installs it.
+
+`dovecot_oauth` is a server that also takes SASL XOAUTH2 and OAUTHBEARER, checking
+each access token with `oauth_mail_provider` (tests/oauth_provider.py, on loopback),
+the provider a test grants its refresh tokens from.  Both live for a test module: a
+test gets a user of its own with `dovecot_oauth.account()`, and counts the provider's
+requests by its own refresh token.
 """
 
 from __future__ import annotations
@@ -33,6 +39,29 @@ def dovecot(dovecot_server) -> Account:
 def dovecot_tls() -> Dovecot:
     """A second Dovecot offering STARTTLS and implicit TLS (self-signed: trust `cafile`)."""
     server = Dovecot(tls=True)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def oauth_mail_provider():
+    """The loopback OAuth2 provider whose tokens `dovecot_oauth` accepts."""
+    from oauth_provider import Provider
+
+    provider = Provider().start()
+    try:
+        yield provider
+    finally:
+        provider.stop()
+
+
+@pytest.fixture(scope="module")
+def dovecot_oauth(oauth_mail_provider) -> Dovecot:
+    """A Dovecot whose oauth2 passdb asks `oauth_mail_provider` about every token (RFC 7662)."""
+    server = Dovecot(oauth2_introspection_url=oauth_mail_provider.introspect_url)
     try:
         server.start()
         yield server

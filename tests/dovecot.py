@@ -46,7 +46,7 @@ protocols = imap
 listen = 127.0.0.1
 {ssl}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth2_mechanisms}
 mail_location = maildir:{root}/mail/%u
 mail_fsync = never
 # IDLE notices new mail at once (inotify); this is only the fallback check.
@@ -54,9 +54,9 @@ mailbox_idle_check_interval = 1 secs
 mail_max_userip_connections = 200
 # Tests log in with a wrong password on purpose: answer at once.
 auth_failure_delay = 0
-passdb {{
+{oauth2_passdb}passdb {{
   driver = static
-  args = password={password}
+{static_mechanisms}  args = password={password}
 }}
 userdb {{
   driver = static
@@ -74,15 +74,38 @@ service imap-login {{
   }}
 }}
 service anvil {{
-  chroot =
+  chroot ={anvil_penalty}
 }}
+"""
+
+
+# With `oauth2_introspection_url`: SASL XOAUTH2 and OAUTHBEARER (RFC 7628) check the
+# bearer token with the provider's RFC 7662 introspection endpoint on every login.  The
+# static password keeps PLAIN and LOGIN for the test side's own client.
+OAUTH2_PASSDB = """\
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {args}
+}}
+"""
+
+# Dovecot 2.3's oauth2 passdb (PasswordDatabase.oauth2 in its wiki): a form POST of
+# `token=...`; the answer names the user in `username` and must say `"active": true`, so
+# a revoked or expired token is refused.  tokeninfo_url is left empty: introspection only.
+OAUTH2_CONF = """\
+introspection_mode = post
+introspection_url = {url}
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+timeout_msecs = 10000
 """
 
 
 class DovecotError(RuntimeError):
     """Dovecot is missing, or did not start or stop (the message carries its log)."""
-
-
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -97,10 +120,27 @@ def _self_signed(cert: Path, key: Path) -> None:
     if shutil.which("openssl") is None:
         raise DovecotError("`openssl` is not installed: it makes the test TLS certificate")
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
 
 
@@ -155,10 +195,20 @@ class Dovecot:
     host = "127.0.0.1"
     password = PASSWORD
 
-    def __init__(self, root: Path | None = None, port: int | None = None, *,
-                 tls: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path | None = None,
+        port: int | None = None,
+        *,
+        tls: bool = False,
+        oauth2_introspection_url: str = "",
+    ) -> None:
         """`tls`: also offer STARTTLS and implicit TLS (`tls_port`), with a self-signed
-        certificate for 127.0.0.1 (`cafile` is what a client must trust)."""
+        certificate for 127.0.0.1 (`cafile` is what a client must trust).
+
+        `oauth2_introspection_url`: also offer SASL XOAUTH2 and OAUTHBEARER, each token
+        checked at that RFC 7662 endpoint (tests/oauth_provider.py's `introspect_url`)
+        at every login: no auth cache, so a revoked or expired token is refused at once."""
         for tool in ("dovecot", "doveadm"):
             if shutil.which(tool) is None:
                 raise DovecotError(
@@ -187,9 +237,31 @@ class Dovecot:
         if tls:
             _self_signed(self.cafile, self.root / "key.pem")
             ssl = f"ssl = yes\nssl_cert = <{self.cafile}\nssl_key = <{self.root / 'key.pem'}"
+        oauth2 = {"oauth2_mechanisms": "", "oauth2_passdb": "", "static_mechanisms": "", "anvil_penalty": ""}
+        if oauth2_introspection_url:
+            ext = self.root / "dovecot-oauth2.conf.ext"
+            ext.write_text(OAUTH2_CONF.format(url=oauth2_introspection_url), encoding="utf-8")
+            oauth2 = {
+                # auth_cache_size = 0 is Dovecot's default; said here because a cached
+                # verdict would hide a revocation from the tests.
+                "oauth2_mechanisms": " xoauth2 oauthbearer\nauth_cache_size = 0",
+                "oauth2_passdb": OAUTH2_PASSDB.format(args=ext),
+                # The static password must not answer for a bearer token.
+                "static_mechanisms": "  mechanisms = plain login\n",
+                # No auth penalty: after a refused token Dovecot would make every login
+                # from 127.0.0.1 wait 4 s or more (anvil's penalty); the tests refuse
+                # tokens on purpose.  Mode 0 keeps the auth process off the socket.
+                "anvil_penalty": "\n  unix_listener anvil-auth-penalty {\n    mode = 0\n  }",
+            }
         self.conf.write_text(
-            CONF.format(root=self.root, port=self.port, tls_port=self.tls_port, ssl=ssl,
-                        password=self.password),
+            CONF.format(
+                root=self.root,
+                port=self.port,
+                tls_port=self.tls_port,
+                ssl=ssl,
+                password=self.password,
+                **oauth2,
+            ),
             encoding="utf-8",
         )
 
@@ -205,8 +277,11 @@ class Dovecot:
         with stderr:
             self.proc = subprocess.Popen(
                 ["dovecot", "-F", "-c", str(self.conf)],
-                stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
             )
+
         def listening() -> bool:
             if self.proc.poll() is not None:
                 code, self.proc = self.proc.returncode, None
@@ -238,8 +313,11 @@ class Dovecot:
             # zombie until we reap it: so reap it while doveadm waits.
             stopper = None
             if doveadm:  # doveadm polls about once a second: a restart uses SIGTERM
-                stopper = subprocess.Popen(["doveadm", "-c", str(self.conf), "stop"],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                stopper = subprocess.Popen(
+                    ["doveadm", "-c", str(self.conf), "stop"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             else:
                 proc.terminate()
             try:
@@ -247,7 +325,7 @@ class Dovecot:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
-                raise DovecotError(f"dovecot did not stop on `doveadm stop`\n{self.logs()}")
+                raise DovecotError(f"dovecot did not stop on `doveadm stop`\n{self.logs()}") from None
             finally:
                 if stopper is not None:
                     stopper.wait(timeout=30)
@@ -332,15 +410,17 @@ class Account:
         if folder.upper() != "INBOX" and not c.folder_exists(folder):
             c.create_folder(folder)
 
-    def append(self, raw: bytes, folder: str = "INBOX", when: datetime | None = None,
-               flags: Iterable[bytes] = ()) -> None:
+    def append(
+        self, raw: bytes, folder: str = "INBOX", when: datetime | None = None, flags: Iterable[bytes] = ()
+    ) -> None:
         """APPEND one message; `when` sets its INTERNALDATE (the arrival time, RFC 3501)."""
         with self.client() as c:
             self.ensure_folder(folder, c)
             c.append(folder, raw, flags=tuple(flags), msg_time=when)
 
-    def append_many(self, raws: Iterable[bytes], folder: str = "INBOX",
-                    when: datetime | None = None, chunk: int = 200) -> int:
+    def append_many(
+        self, raws: Iterable[bytes], folder: str = "INBOX", when: datetime | None = None, chunk: int = 200
+    ) -> int:
         """APPEND many messages with MULTIAPPEND (RFC 3502), `chunk` per command."""
         count = 0
         with self.client() as c:
