@@ -84,7 +84,7 @@ def unsent(url: str) -> int:
 
 
 class Daemon:
-    def __init__(self, workdir: Path, url: str, imap: str = "") -> None:
+    def __init__(self, workdir: Path, url: str, imap: str = "", extra: str = "") -> None:
         self.smtp_port, self.http_port = free_port(), free_port()
         self.url = url
         self.cfg = workdir / "mailticket.toml"
@@ -92,7 +92,7 @@ class Daemon:
             f'[helpdesk]\naddress = "{RCPT}"\nauto_reply_limit = 100000\nauto_reply_limit_domain = 100000\nauto_reply_limit_total = 100000\n'
             f'[database]\nurl = "{url}"\n[paths]\nrules = "{ROOT / "rules"}"\n'
             f'[smtp]\nlisten = "127.0.0.1:{self.smtp_port}"\n'
-            f'[daemon]\nhttp = "127.0.0.1:{self.http_port}"\n' + imap
+            f'[daemon]\nhttp = "127.0.0.1:{self.http_port}"\n{extra}' + imap
         )
         self.log = workdir / "daemon.log"
 

@@ -11,6 +11,13 @@ they expire (`MARGIN`) and after a server rejected one (`invalidate`).  A refres
 token that the provider revoked (or that expired) raises `OAuthError` with what to
 run, and the mailbox shows as failing in /healthz until a new login.
 
+The login itself has two flows, both ending in `save_login`: the device code
+(RFC 8628: `device_login` shows a code that the user enters on any browser, then
+polls) and the authorization code with PKCE (RFC 7636) and a loopback redirect
+(RFC 8252: `browser_start` makes the address to open, `browser_finish` takes the
+address the browser was sent back to).  The command line (cli/oauth.py) prints,
+listens and reads; this module speaks to the provider.
+
 This is the only module that imports authlib.
 """
 
@@ -24,13 +31,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from authlib.common.security import generate_token  # type: ignore[import-untyped]
 from authlib.integrations.base_client.errors import OAuthError as _LibError  # type: ignore[import-untyped]
 from authlib.integrations.requests_client import OAuth2Session  # type: ignore[import-untyped]
 
+from .clock import Clock, SystemClock
 from .config import OAuth, read_secret
 from .errors import MailticketError
 
@@ -38,6 +48,8 @@ log = logging.getLogger(__name__)
 
 MARGIN = 300.0  # seconds before expiry at which a token is refreshed
 TIMEOUT = 30.0  # seconds for each request to the provider
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"  # RFC 8628 3.4
+SLOW_DOWN = 5  # seconds added to the poll interval on each `slow_down` (RFC 8628 3.5)
 
 
 class OAuthError(MailticketError):
@@ -84,12 +96,16 @@ def endpoints(cfg: OAuth) -> Endpoints:
     )
 
 
+def login_hint(name: str) -> str:
+    return f"run `mailticket oauth login {name}` to sign in again"
+
+
 def client_secret(cfg: OAuth, name: str) -> str | None:
     secret = read_secret(cfg.client_secret_env, cfg.client_secret_file, f"[oauth.{name}] client secret")
     return secret or None
 
 
-def session(cfg: OAuth, name: str) -> OAuth2Session:
+def session(cfg: OAuth, name: str, **kwargs) -> OAuth2Session:
     """An authlib session for this app registration (client id, and secret if any)."""
     secret = client_secret(cfg, name)
     return OAuth2Session(
@@ -97,6 +113,7 @@ def session(cfg: OAuth, name: str) -> OAuth2Session:
         secret,
         scope=" ".join(endpoints(cfg).scopes),
         token_endpoint_auth_method="client_secret_post" if secret else "none",
+        **kwargs,
     )
 
 
@@ -137,19 +154,46 @@ def _file_lock(path: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-class TokenSource:
-    """Access tokens for one `[oauth.NAME]`; safe to share between threads."""
+def _token_request(name: str, url: str, call: Callable[[], dict]) -> dict:
+    """One request to the token endpoint; its transport failures as OAuthError.
 
-    def __init__(self, cfg: OAuth, name: str) -> None:
+    The provider's own refusals (`error` in the answer) stay authlib's errors, for
+    the caller to tell apart.  No message here ever carries a token: requests'
+    errors name the URL, never the form that was posted.
+    """
+    try:
+        return call()
+    except OSError as exc:  # requests' connection, timeout and HTTP 5xx errors are OSErrors
+        response = getattr(exc, "response", None)
+        if response is not None:
+            raise OAuthError(
+                f"[oauth.{name}]: the token endpoint {url} failed (HTTP {response.status_code}); "
+                f"try again later"
+            ) from None
+        raise OAuthError(f"[oauth.{name}]: cannot reach the token endpoint {url}: {exc}") from None
+    except ValueError:  # authlib: the answer is not a JSON object (a proxy's error page)
+        raise OAuthError(f"[oauth.{name}]: the token endpoint {url} did not answer with JSON") from None
+
+
+class TokenSource:
+    """Access tokens for one `[oauth.NAME]`; safe to share between threads.
+
+    `clock` decides when a token is due for refresh, so tests travel in time."""
+
+    def __init__(self, cfg: OAuth, name: str, clock: Clock | None = None) -> None:
         self.cfg, self.name = cfg, name
+        self.clock: Clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._access: str | None = None
         self._expires_at = 0.0
 
+    def _now(self) -> float:
+        return self.clock.now().timestamp()
+
     def token(self) -> str:
         """A valid access token, refreshed first when it expires within MARGIN."""
         with self._lock:
-            if self._access is None or time.time() >= self._expires_at - MARGIN:
+            if self._access is None or self._now() >= self._expires_at - MARGIN:
                 self._refresh()
             assert self._access is not None
             return self._access
@@ -159,6 +203,11 @@ class TokenSource:
         with self._lock:
             self._access = None
 
+    def valid_for(self) -> float:
+        """Seconds the cached access token has left (0 when there is none)."""
+        with self._lock:
+            return max(0.0, self._expires_at - self._now()) if self._access else 0.0
+
     def _refresh(self) -> None:
         # Under the file's lock: the daemon's processes (the IMAP pollers', the outbox's)
         # refresh with the same token, and a provider that rotates refresh tokens (a
@@ -167,29 +216,39 @@ class TokenSource:
             self._refresh_locked()
 
     def _refresh_locked(self) -> None:
-        cfg, path = self.cfg, self.cfg.token_file
-        stored = read_token_file(path)
-        login = f"run `mailticket oauth login {self.name}` to sign in again"
+        cfg, path, name = self.cfg, self.cfg.token_file, self.name
         try:
-            got = session(cfg, self.name).refresh_token(
-                endpoints(cfg).token_url, refresh_token=stored["refresh_token"], timeout=TIMEOUT
-            )
+            stored = read_token_file(path)
+        except OAuthError as exc:
+            raise OAuthError(f"[oauth.{name}]: {exc}: {login_hint(name)}") from None
+        url = endpoints(cfg).token_url
+        try:
+            with session(cfg, name) as s:
+                got = _token_request(
+                    name,
+                    url,
+                    lambda: s.refresh_token(url, refresh_token=stored["refresh_token"], timeout=TIMEOUT),
+                )
         except _LibError as exc:
             if exc.error in ("invalid_grant", "invalid_client", "unauthorized_client"):
                 raise OAuthError(
-                    f"[oauth.{self.name}]: the provider refused the refresh token in {path} "
-                    f"({exc.error}: {exc.description or 'no detail'}): {login}"
+                    f"[oauth.{name}]: the provider refused the refresh token in {path} "
+                    f"({exc.error}: {exc.description or 'no detail'}): {login_hint(name)}"
                 ) from None
-            raise OAuthError(f"[oauth.{self.name}]: token refresh failed: {exc.error}") from None
-        except OSError as exc:  # requests' connection errors are OSErrors
-            raise OAuthError(f"[oauth.{self.name}]: cannot reach the token endpoint: {exc}") from None
+            raise OAuthError(f"[oauth.{name}]: token refresh failed: {exc.error}") from None
+        if not got.get("access_token"):
+            raise OAuthError(f"[oauth.{name}]: the token endpoint {url} answered without an access token")
         if got.get("refresh_token") and got["refresh_token"] != stored["refresh_token"]:
-            write_token_file(path, {**stored, "refresh_token": got["refresh_token"]})  # rotated
+            try:  # rotated: the old one no longer works, so the new one must be kept
+                write_token_file(path, {**stored, "refresh_token": got["refresh_token"]})
+            except OSError as exc:
+                raise OAuthError(
+                    f"[oauth.{name}]: cannot keep the new refresh token in {path}: {exc}: "
+                    f"fix that, then {login_hint(name)}"
+                ) from None
         self._access = got["access_token"]
-        self._expires_at = time.time() + float(got.get("expires_in") or 3600)
-        log.info(
-            "oauth %s: access token refreshed (valid %d s)", self.name, int(self._expires_at - time.time())
-        )
+        self._expires_at = self._now() + float(got.get("expires_in") or 3600)
+        log.info("oauth %s: access token refreshed (valid %d s)", name, int(self._expires_at - self._now()))
 
 
 _sources: dict[tuple[str, OAuth], TokenSource] = {}
@@ -217,3 +276,228 @@ def oauthbearer(user: str, host: str, port: int, token: str) -> str:
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode("ascii")
+
+
+# --- signing in: `mailticket oauth login` ----------------------------------------------
+
+
+def save_login(cfg: OAuth, got: dict, clock: Clock) -> dict:
+    """Keep what a login got in the token file (0600, whole or not at all); the record
+    written, which holds the refresh token and nothing of the access token."""
+    if not got.get("refresh_token"):
+        hint = {
+            "microsoft": 'the scopes need "offline_access"',
+            "google": "the consent screen must be shown again: remove the app's access in the "
+            "Google account's security page and sign in again",
+        }.get(cfg.provider, "ask the provider for offline access")
+        raise OAuthError(f"the provider signed you in but gave no refresh token ({hint}); nothing was saved")
+    record = {
+        "refresh_token": got["refresh_token"],
+        "provider": cfg.provider,
+        "client_id": cfg.client_id,
+        "scope": got.get("scope") or " ".join(endpoints(cfg).scopes),
+        "obtained_at": clock.now().isoformat(timespec="seconds"),
+    }
+    if cfg.provider == "microsoft":
+        record["tenant"] = cfg.tenant
+    # Under the lock the daemon refreshes under, so it never reads half a login.
+    with _file_lock(cfg.token_file):
+        write_token_file(cfg.token_file, record)
+    return record
+
+
+@dataclass(frozen=True)
+class DeviceCode:
+    """What the user needs to sign in on another device (RFC 8628 3.2)."""
+
+    verification_uri: str
+    user_code: str
+    message: str  # the provider's own sentence (Microsoft sends one), or ""
+    expires_in: int
+    interval: int
+
+
+def device_login(
+    cfg: OAuth,
+    name: str,
+    show: Callable[[DeviceCode], None],
+    clock: Clock | None = None,
+    wait: Callable[[float], object] = time.sleep,
+) -> dict:
+    """The device code flow (RFC 8628): ask for a code, `show` it, poll until the user
+    has signed in; the token endpoint's answer.
+
+    `wait(seconds)` is the pause between polls and `clock` tells when the code
+    expired: a test passes a wait that moves a FrozenClock, and polls at full speed.
+    Ctrl-C during a wait stops the login (KeyboardInterrupt)."""
+    clock = clock or SystemClock()
+    ep = endpoints(cfg)
+    if not ep.device_url:
+        raise OAuthError(f'[oauth.{name}]: no device_url: a "custom" provider must name its device endpoint')
+    with session(cfg, name) as s:
+        answer = _device_code(s, name, ep.device_url, ep.scopes)
+        code = DeviceCode(
+            # Google's answer says verification_url, RFC 8628's says verification_uri.
+            verification_uri=answer.get("verification_uri") or answer.get("verification_url") or "",
+            user_code=str(answer.get("user_code") or ""),
+            message=str(answer.get("message") or ""),
+            expires_in=int(answer.get("expires_in") or 900),
+            interval=int(answer.get("interval") or 5),
+        )
+        show(code)
+        return _poll(s, name, ep.token_url, answer["device_code"], code, clock, wait)
+
+
+def _device_code(s: OAuth2Session, name: str, url: str, scopes: tuple[str, ...]) -> dict:
+    """The device endpoint's answer (RFC 8628 3.2): device code, user code, where to go."""
+    # The device endpoint authenticates the client as the token endpoint does (RFC 8628
+    # 3.1): authlib's client auth adds client_id (and the secret, if there is one).
+    try:
+        resp = s.post(
+            url,
+            data={"scope": " ".join(scopes)},
+            auth=s.client_auth(s.token_endpoint_auth_method),
+            withhold_token=True,
+            timeout=TIMEOUT,
+        )
+        answer = resp.json()
+    except OSError as exc:
+        raise OAuthError(f"[oauth.{name}]: cannot reach the device endpoint {url}: {exc}") from None
+    except ValueError:
+        raise OAuthError(
+            f"[oauth.{name}]: the device endpoint {url} did not answer with JSON (HTTP {resp.status_code})"
+        ) from None
+    if not isinstance(answer, dict) or "error" in answer or not answer.get("device_code"):
+        answer = answer if isinstance(answer, dict) else {}
+        raise OAuthError(
+            f"[oauth.{name}]: the device endpoint refused: {answer.get('error', resp.status_code)}: "
+            f"{answer.get('error_description') or 'no detail'}"
+        )
+    return answer
+
+
+def _poll(
+    s: OAuth2Session,
+    name: str,
+    url: str,
+    device_code: str,
+    code: DeviceCode,
+    clock: Clock,
+    wait: Callable[[float], object],
+) -> dict:
+    """Ask the token endpoint every `interval` seconds until the user signed in (RFC 8628 3.4, 3.5)."""
+    deadline = clock.now().timestamp() + code.expires_in
+    interval = float(code.interval)
+    expired = OAuthError(
+        f"[oauth.{name}]: the code expired before the sign-in was done; nothing was saved: "
+        "run the login again"
+    )
+    while True:
+        wait(interval)
+        if clock.now().timestamp() >= deadline:
+            raise expired
+        try:
+            return s.fetch_token(
+                url,
+                grant_type=DEVICE_GRANT,
+                device_code=device_code,
+                scope=None,  # not part of this grant (RFC 8628 3.4)
+                timeout=TIMEOUT,
+            )
+        except _LibError as exc:
+            if exc.error == "authorization_pending":
+                continue
+            if exc.error == "slow_down":
+                interval += SLOW_DOWN
+                continue
+            if exc.error == "access_denied":
+                raise OAuthError(
+                    f"[oauth.{name}]: the sign-in was declined at the provider; nothing was saved"
+                ) from None
+            if exc.error == "expired_token":
+                raise expired from None
+            raise OAuthError(
+                f"[oauth.{name}]: the token endpoint refused: {exc.error}: {exc.description or 'no detail'}"
+            ) from None
+        except OSError:
+            # A network blip while the user is signing in: wait longer and ask again
+            # (RFC 8628 3.5 asks for a back-off on connection timeouts).
+            interval *= 2
+        except ValueError:
+            raise OAuthError(f"[oauth.{name}]: the token endpoint {url} did not answer with JSON") from None
+
+
+class NotThisLogin(OAuthError):
+    """An address that is not this login's answer (no code, another state): the login
+    goes on waiting for the right one."""
+
+
+@dataclass(frozen=True)
+class BrowserLogin:
+    """An authorization request in progress: the address to open and what checks the answer."""
+
+    url: str
+    state: str
+    verifier: str  # the PKCE code verifier (RFC 7636), never sent before the code exchange
+    redirect_uri: str
+
+
+def browser_start(cfg: OAuth, name: str, redirect_uri: str) -> BrowserLogin:
+    """The address at which the user signs in; the provider then sends the browser to
+    `redirect_uri` (a loopback address, RFC 8252 7.3) with a code and our state."""
+    ep = endpoints(cfg)
+    if not ep.auth_url:
+        raise OAuthError(
+            f'[oauth.{name}]: no auth_url: a "custom" provider must name its authorization endpoint'
+        )
+    verifier = generate_token(64)
+    # Google hands out a refresh token only for offline access, and again only when
+    # the consent screen is shown; Microsoft's comes with the offline_access scope.
+    extra = {"access_type": "offline", "prompt": "consent"} if cfg.provider == "google" else {}
+    with session(cfg, name, code_challenge_method="S256") as s:
+        url, state = s.create_authorization_url(
+            ep.auth_url, redirect_uri=redirect_uri, code_verifier=verifier, **extra
+        )
+    return BrowserLogin(url, state, verifier, redirect_uri)
+
+
+def browser_finish(cfg: OAuth, name: str, login: BrowserLogin, redirected: str) -> dict:
+    """Exchange the code of the address the browser was sent back to (the listener's
+    request, or what the user pasted); the token endpoint's answer.  NotThisLogin,
+    before any request, when the address is not the answer to `login`."""
+    text = redirected.strip().strip("'\"<>")
+    query = urllib.parse.urlsplit(text).query if "?" in text else text
+    params = dict(urllib.parse.parse_qsl(query))
+    if "code" not in params and "error" not in params:
+        raise NotThisLogin("that is not the address of a sign-in's answer (it has no code): paste it whole")
+    if params.get("state") != login.state:
+        # RFC 6749 10.12: the answer to another request (an old tab, or someone else's)
+        # is refused before its code goes anywhere.
+        raise NotThisLogin(
+            "refused an answer whose state does not match this login (an older sign-in, or not ours)"
+        )
+    if "error" in params:
+        raise OAuthError(
+            f"[oauth.{name}]: the provider refused the sign-in: {params['error']}: "
+            f"{params.get('error_description') or 'no detail'}; nothing was saved"
+        )
+    url = endpoints(cfg).token_url
+    try:
+        with session(cfg, name, code_challenge_method="S256") as s:
+            return _token_request(
+                name,
+                url,
+                lambda: s.fetch_token(
+                    url,
+                    grant_type="authorization_code",
+                    code=params["code"],
+                    code_verifier=login.verifier,
+                    redirect_uri=login.redirect_uri,
+                    timeout=TIMEOUT,
+                ),
+            )
+    except _LibError as exc:
+        raise OAuthError(
+            f"[oauth.{name}]: the token endpoint refused the code: {exc.error}: "
+            f"{exc.description or 'no detail'}; nothing was saved"
+        ) from None

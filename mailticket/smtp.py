@@ -12,6 +12,12 @@ It also holds its own under abuse (RFC 5321 4.5.3.2, 3.8): a limit on clients at
 once, overall and per address (`smtp_limits`), 421 and close for an idle or trickling
 client and after too many refused recipients, and a log that a flood cannot grow.
 
+It listens on TCP (`listen = "HOST:PORT"`) or on a Unix socket (`listen =
+"unix:/run/mailticket/lmtp.sock"`), as Postfix's and Exim's LMTP clients prefer: no
+port to guard, and the socket's mode and owner (`socket_mode`, `socket_owner`) say who
+may deliver.  A Unix client has no address: it is "unix" in the logs and the limits,
+and only the overall limit applies to it (it is one MTA with many connections).
+
 Commits block, so they run in store threads (`Writer`): a slow commit never
 stalls the event loop and the other clients.  peewee keeps one connection per
 thread; a failed commit drops it, so the next one reconnects (a restarted
@@ -24,11 +30,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import grp
 import logging
+import os
+import pwd
 import queue
 import re
 import socket
 import ssl
+import stat
 import threading
 import weakref
 from collections.abc import Callable
@@ -70,6 +81,7 @@ BATCH = 64
 
 # Refused recipients one session may try before it is closed (a dictionary attack).
 MAX_REFUSED_RCPTS = 10
+UNIX_CLIENT = "unix"  # stands for the address of a client on the Unix socket, which has none
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")  # in a HELO name or our host name
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # a quoted local part may hold a bare CR
 
@@ -129,9 +141,9 @@ class Handler:
             self.busy -= 1
             if not self.busy:
                 self.idle.set()
-        # LMTP (RFC 2033 4.2): one reply per accepted recipient, in RCPT order.  The
-        # message is stored once, so every recipient gets the same answer.
-        return "\r\n".join([status] * len(envelope.rcpt_tos)) if self.lmtp else status
+        # LMTP wants one reply per accepted recipient: _Lmtp repeats this one.  The message
+        # is one inbox row for them all, so each recipient's copy was committed or not.
+        return status
 
     async def _store(self, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
@@ -167,7 +179,8 @@ class Handler:
         sender = _CONTROL.sub("", envelope.mail_from or "")
         return_path = "<>" if sender in ("", "<>") else f"<{sender}>"
         ip = _ip(session)
-        literal = f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
+        # A Unix client has no address: "from HELO" alone (the TCP-info is optional).
+        literal = "" if ip == UNIX_CLIENT else f" ([IPv6:{ip}])" if ":" in ip else f" ([{ip}])"
         helo = _UNSAFE.sub("?", session.host_name or "")[:100] or "unknown"
         # RFC 3848 protocol names: ESMTP after EHLO/LHLO, S when STARTTLS was used.
         protocol = "LMTP" if self.lmtp else ("ESMTP" if session.extended_smtp else "SMTP")
@@ -179,7 +192,7 @@ class Handler:
         when = format_datetime(self.clock.now())
         text = (
             f"Return-Path: {return_path}\r\n"
-            f"Received: from {helo} ({literal})\r\n\tby {self.hostname} (mailticket)"
+            f"Received: from {helo}{literal}\r\n\tby {self.hostname} (mailticket)"
             f" with {protocol}{for_clause}; {when}\r\n"
         )
         return text.encode("utf-8", "surrogateescape")
@@ -200,7 +213,7 @@ class Guard(SMTP):  # a mixin for SMTP and LMTP; subclassing lets mypy check it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None:  # not the TLS layer after STARTTLS (RFC 3207)
-            ip = str(transport.get_extra_info("peername")[0])
+            ip = _client(transport.get_extra_info("peername"))
             if limit := self.limits.admit(ip):
                 cast(asyncio.Transport, transport).write(_REFUSED[limit].encode() + b"\r\n")
                 transport.close()
@@ -234,7 +247,25 @@ class _Smtp(Guard, BulkData, SMTP):
 
 
 class _Lmtp(Guard, BulkData, LMTP):
-    pass
+    """After the message, one reply per accepted recipient, in RCPT order (RFC 2033 4.2).
+
+    Whatever answers the message answers once: the handler's store (250 or 451), or
+    BulkData's 552 past the size limit.  So `push` repeats the first reply after the 354
+    for each recipient; a DATA refused before its 354 (no recipient, a syntax error)
+    gets one reply, as the RFC wants.  A recipient refused at RCPT is not in the envelope
+    and gets none.  Without the repeat the client waits for the missing replies until it
+    times out, and defers the message.
+    """
+
+    owed = 0  # replies the message in DATA owes: its accepted recipients
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str):
+            if self.owed:
+                status, self.owed = "\r\n".join([status] * self.owed), 0
+            elif status.startswith("354") and self.envelope is not None:
+                self.owed = len(self.envelope.rcpt_tos)
+        await super().push(status)
 
 
 class Writer:
@@ -312,7 +343,11 @@ class Listener:
         writers: int | None = None,
     ) -> None:
         smtp = config.smtp
-        self.host, self.port = host_port(smtp.listen)
+        # Either a Unix socket's path, or a TCP host and port (port 0: any free one).
+        self.path = smtp.listen[len("unix:") :] if smtp.listen.startswith("unix:") else None
+        self.host, self.port = ("", 0) if self.path is not None else host_port(smtp.listen)
+        self.socket_mode, self.socket_owner = smtp.socket_mode, smtp.socket_owner
+        self.socket_inode: int | None = None  # the socket file we made, removed on stop
         tls_context = _tls_context(smtp.tls_cert, smtp.tls_key)
         backend = "sqlite" if config.database.is_sqlite else "postgresql"
         self.writers = writers or WRITERS[backend]
@@ -330,9 +365,11 @@ class Listener:
             "require_starttls": False,  # RFC 3207
             "timeout": smtp.idle_timeout,
         }
-        self.limits = smtp_limits.ConnectionLimits(
-            smtp_limits.fit_open_files(smtp.max_connections), smtp.max_connections_per_ip, clock
-        )
+        total = smtp_limits.fit_open_files(smtp.max_connections)
+        # On the Unix socket every client is the one local MTA, opening a connection per
+        # delivery agent: a per-address limit would only throttle it, so the overall one rules.
+        per_ip = total if self.path is not None else smtp.max_connections_per_ip
+        self.limits = smtp_limits.ConnectionLimits(total, per_ip, clock)
         self.loop = asyncio.new_event_loop()
         self.sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self.server: asyncio.AbstractServer | None = None
@@ -345,20 +382,83 @@ class Listener:
         return session
 
     def start(self) -> Listener:
+        try:
+            unix = self._bind_unix() if self.path is not None else None
+        except BaseException:
+            self.loop.close()  # never ran: no thread to stop
+            raise
         self.thread.start()
         try:
-            self.server = asyncio.run_coroutine_threadsafe(
-                self.loop.create_server(self._session, self.host or None, self.port), self.loop
-            ).result(timeout=30)
+            if unix is not None:
+                serving = self.loop.create_unix_server(self._session, sock=unix)
+            else:
+                serving = self.loop.create_server(self._session, self.host or None, self.port)
+            self.server = asyncio.run_coroutine_threadsafe(serving, self.loop).result(timeout=30)
         except BaseException:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join()
             self.loop.close()
+            if unix is not None:
+                unix.close()
+                self._remove_socket()
             raise
-        self.port = self.server.sockets[0].getsockname()[1]  # the real one when 0 was asked
+        if unix is None:
+            self.port = self.server.sockets[0].getsockname()[1]  # the real one when 0 was asked
         for thread in self.writer.threads:
             thread.start()
         return self
+
+    def _bind_unix(self) -> socket.socket:
+        """The Unix socket at `path`, bound, with its owner and mode, not yet listening.
+
+        Bound here rather than by asyncio's create_unix_server, which removes any socket
+        file at the path first, a live daemon's too.  Nothing can connect before the
+        listen() that follows, so no client ever sees the socket with the umask's mode.
+        """
+        assert self.path is not None
+        path, where = self.path, f"[smtp] listen = unix:{self.path}"
+        folder = os.path.dirname(path) or "."
+        # Not created here: under /run it is systemd's RuntimeDirectory= (docs/deploy.md),
+        # whose owner and mode are the service's; a folder we made as root would not be.
+        if not os.path.isdir(folder):
+            raise ConfigError(
+                f"{where}: the folder {folder} does not exist (create it, or let systemd's "
+                "RuntimeDirectory= make it)"
+            )
+        uid, gid = _owner(self.socket_owner)  # an unknown name fails before any file is made
+        _clear_stale_socket(path, where)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)  # EADDRINUSE if a socket appeared meanwhile
+        except BaseException:
+            sock.close()
+            raise
+        self.socket_inode = os.stat(path).st_ino
+        try:
+            if (uid, gid) != (-1, -1):
+                try:
+                    os.chown(path, uid, gid)
+                except PermissionError as exc:
+                    raise ConfigError(
+                        f"[smtp] socket_owner = {self.socket_owner!r}: cannot give {path} to it: "
+                        f"{exc.strerror} (only root gives a file away; a daemon running as its "
+                        "user may choose a group it is a member of)"
+                    ) from None
+            os.chmod(path, int(self.socket_mode, 8))
+        except BaseException:
+            sock.close()
+            self._remove_socket()
+            raise
+        return sock
+
+    def _remove_socket(self) -> None:
+        """Remove the socket file we made; not one that has replaced it since."""
+        if self.path is None or self.socket_inode is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            if os.lstat(self.path).st_ino == self.socket_inode:
+                os.unlink(self.path)
+        self.socket_inode = None
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, answer the messages being stored, close the connections."""
@@ -368,6 +468,7 @@ class Listener:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
+        self._remove_socket()  # the MTA then gets "no such file", not a refused connection
         self.writer.stop(timeout)
 
     async def _shutdown(self, timeout: float) -> None:
@@ -395,7 +496,10 @@ def start(
     *,
     writers: int | None = None,
 ) -> Listener:
-    """Listen on `config.smtp.listen` (SMTP, or LMTP) until `.stop()`.
+    """Listen on `config.smtp.listen` (SMTP, or LMTP; TCP or a Unix socket) until `.stop()`.
+
+    An address or socket in use raises OSError (EADDRINUSE); a socket's folder missing,
+    a path that is not a socket or an unknown `socket_owner` raise ConfigError.
 
     The database must be open (`db.open_database`) before.  `on_stored(inbox_id)` is
     called from the listener's thread after each commit; keep it short (set an Event).
@@ -431,5 +535,65 @@ def _drop_connection() -> None:
 
 
 def _ip(session: Session) -> str:
-    peer: Any = session.peer  # typed as str by aiosmtpd; on TCP it is (host, port, ...)
-    return str(peer[0])
+    return _client(session.peer)
+
+
+def _client(peer: Any) -> str:
+    """The client's address: on TCP the peer is (host, port, ...); on a Unix socket it is
+    the client's path, "" when it has none (aiosmtpd types it as str)."""
+    return str(peer[0]) if isinstance(peer, tuple) and peer else UNIX_CLIENT
+
+
+def _owner(owner: str) -> tuple[int, int]:
+    """`[smtp] socket_owner` ("user", "user:group", ":group"; names or numbers) as
+    (uid, gid), -1 for a part not given (os.chown leaves it)."""
+    user, _, group = owner.partition(":")
+
+    def find(name: str, kind: str, lookup: Callable[[str], int]) -> int:
+        if not name:
+            return -1
+        if name.isdigit():
+            return int(name)
+        try:
+            return lookup(name)
+        except KeyError:
+            raise ConfigError(
+                f"[smtp] socket_owner = {owner!r}: no {kind} {name!r} on this machine"
+            ) from None
+
+    return (
+        find(user, "user", lambda n: pwd.getpwnam(n).pw_uid),
+        find(group, "group", lambda n: grp.getgrnam(n).gr_gid),
+    )
+
+
+def _clear_stale_socket(path: str, where: str) -> None:
+    """Remove a socket file left by a daemon that was killed; leave anything else.
+
+    A socket that refuses connections has no server: it goes.  One that answers (or
+    keeps us waiting) is another daemon's: EADDRINUSE, as for a TCP port in use.  A path
+    that is not a socket is never removed.  When we cannot tell (no permission to
+    connect), the file stays and bind() fails with EADDRINUSE.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(
+            f"{where}: {path} exists and is not a socket (left alone: remove it or listen elsewhere)"
+        )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            log.info("removed the stale socket %s (no server answers on it)", path)
+            return
+        except TimeoutError:  # a server whose backlog is full: busy, not gone
+            pass
+        except OSError:
+            return
+    raise OSError(errno.EADDRINUSE, f"another server answers on {path}")

@@ -37,6 +37,7 @@ class BatchWriteFailed(Exception):
 
 
 BATCH = 100
+PIPELINE_LOCK = 0x6D74_7077  # PostgreSQL advisory lock key of the pipeline's batches ("mtpw")
 
 
 class InboxWorker:
@@ -125,8 +126,15 @@ class InboxWorker:
                 still = models.still_pending([r.id for r in rows])
                 todo = [r for r in rows if r.id in still]
             else:
-                # Several daemons on one PostgreSQL database: each takes rows no other
-                # holds, so a message is processed once.
+                # Several daemons on one PostgreSQL database: one batch at a time, in the
+                # order the messages were stored, as with one daemon.  In parallel, a reply
+                # stored just after the message it answers (a monitoring system's RECOVERY
+                # after its PROBLEM) could be threaded by one worker while another still
+                # holds the first message uncommitted, and open a ticket of its own.  The
+                # lock is the transaction's: a daemon that dies lets go of it at once.
+                # The pipeline's single worker is no limit for a helpdesk (hundreds of
+                # messages a second); the edges and the outboxes still run in parallel.
+                db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (PIPELINE_LOCK,))
                 rows = todo = list(self._pending(ids, after, size).for_update("FOR UPDATE SKIP LOCKED"))
             env = pipeline.env
             env.new_batch()

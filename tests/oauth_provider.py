@@ -14,16 +14,25 @@ The test drives it: `grant(user)` issues a refresh token as a login would have,
 `approve(user_code, user)` is the user entering the code, `revoke(...)` and
 `expire_access_tokens()` are the provider's side of revocation and expiry.  Every
 request is recorded in `requests` (path and form), so a test can count refreshes.
+
+For the login flows: `slow_down(user_code)` makes the next polls answer `slow_down`,
+`expire_device(user_code)` ends a device code early, `device_expires_in` is the
+lifetime a new device code announces, and `sign_in(url, user)` is the browser's
+part of the authorization code flow: it reads the authorization URL, remembers the
+PKCE challenge (RFC 7636) that `/token` then checks, and returns the address the
+browser would be sent back to.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import secrets
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -36,6 +45,7 @@ class Device:
     scope: str
     user: str | None = None  # set once approved
     denied: bool = False
+    slow_downs: int = 0  # this many polls answer `slow_down` first
 
 
 @dataclass
@@ -51,6 +61,10 @@ class Provider:
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
+    device_expires_in: int = 900  # seconds a new device code announces it is valid
+    # authorization code -> (PKCE S256 challenge, redirect_uri), for codes that `sign_in` issued
+    pkce: dict[str, tuple[str, str]] = field(default_factory=dict)
+    authorize_requests: list[dict[str, str]] = field(default_factory=list)  # what `sign_in` read
 
     # --- the test's side -------------------------------------------------------------
 
@@ -97,6 +111,15 @@ class Provider:
             self.server.server_close()
             self.server = None
 
+    def reset(self) -> None:
+        """Forget every token, code, device and request and take the default settings
+        back, keeping the server: one provider serves a whole test module."""
+        fresh = Provider()
+        with self.lock:
+            for f in fields(self):
+                if f.name not in ("lock", "server"):
+                    setattr(self, f.name, getattr(fresh, f.name))
+
     @property
     def url(self) -> str:
         assert self.server is not None
@@ -136,6 +159,32 @@ class Provider:
         with self.lock:
             self.codes[code] = user
         return code
+
+    def slow_down(self, user_code: str, times: int = 1) -> None:
+        """The next `times` polls for this code answer `slow_down` (RFC 8628 3.5)."""
+        with self.lock:
+            next(d for d in self.devices.values() if d.user_code == user_code).slow_downs += times
+
+    def expire_device(self, user_code: str) -> None:
+        """The device code is no longer valid: polls answer `expired_token`."""
+        with self.lock:
+            code = next(c for c, d in self.devices.items() if d.user_code == user_code)
+            del self.devices[code]
+
+    def sign_in(self, authorization_url: str, user: str, state: str | None = None) -> str:
+        """The browser's part: `user` signs in at `authorization_url`; the address the
+        provider sends the browser back to (with `state`, when given, instead of the
+        request's own: a forged or stale answer)."""
+        params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(authorization_url).query))
+        assert params.get("client_id") == self.client_id, params
+        assert params.get("response_type") == "code", params
+        code = self.authorize(user)
+        with self.lock:
+            self.authorize_requests.append(params)
+            if params.get("code_challenge_method") == "S256":
+                self.pkce[code] = (params["code_challenge"], params.get("redirect_uri", ""))
+        back = {"code": code, "state": params.get("state", "") if state is None else state}
+        return params["redirect_uri"] + "?" + urllib.parse.urlencode(back)
 
     def revoke(self, refresh_token: str | None = None) -> None:
         """Revoke one refresh token (or all) and every access token of its user."""
@@ -210,11 +259,17 @@ class Provider:
                 return 400, {"error": "expired_token"}
             if device.denied:
                 return 400, {"error": "access_denied"}
+            if device.slow_downs > 0:
+                device.slow_downs -= 1
+                return 400, {"error": "slow_down"}
             if device.user is None:
                 return 400, {"error": "authorization_pending"}
             del self.devices[form["device_code"]]
             return self._tokens(device.user, None)
         if grant == "authorization_code":
+            problem = self._pkce_problem(form)
+            if problem:
+                return 400, {"error": "invalid_grant", "error_description": problem}
             user = self.codes.pop(form.get("code", ""), None)
             if user is None:
                 return 400, {"error": "invalid_grant", "error_description": "unknown or used code"}
@@ -231,10 +286,24 @@ class Provider:
             "device_code": code,
             "user_code": user_code,
             "verification_uri": self.url + "/devicelogin",
-            "expires_in": 900,
+            "expires_in": self.device_expires_in,
             "interval": 1,
             "message": f"To sign in, open {self.url}/devicelogin and enter the code {user_code}.",
         }
+
+    def _pkce_problem(self, form: dict[str, str]) -> str:
+        """Why a code that `sign_in` issued cannot be exchanged (RFC 7636 4.6), or ""."""
+        challenge, redirect_uri = self.pkce.pop(form.get("code", ""), ("", ""))
+        if not challenge:
+            return ""
+        digest = hashlib.sha256(form.get("code_verifier", "").encode()).digest()
+        if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != challenge:
+            self.codes.pop(form.get("code", ""), None)
+            return "PKCE verification failed"
+        if form.get("redirect_uri") != redirect_uri:
+            self.codes.pop(form.get("code", ""), None)
+            return "redirect_uri differs from the authorization request's"
+        return ""
 
     def _introspect(self, form: dict[str, str]) -> tuple[int, dict]:
         found = self.access.get(form.get("token", ""))
