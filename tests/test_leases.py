@@ -24,7 +24,7 @@ from helpers import wait_for
 from mails import mail
 from test_daemon import DaemonProc
 
-from mailticket import leases, models
+from mailticket import models
 from mailticket.clock import SystemClock
 from mailticket.config import Imap
 from mailticket.db import open_database

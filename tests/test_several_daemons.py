@@ -161,7 +161,8 @@ def test_three_daemons_on_one_postgresql_database_exactly_once(
         victim = next(p for p in peers if p.name == held[key_a])
         survivors = [p for p in peers if p is not victim]
 
-        res = peers[0].hd.cli("agents", "add", "eve@agents.test", "--name", "Eve", "--group", "tier2", "--tier", "2")
+        eve = ["eve@agents.test", "--name", "Eve", "--group", "tier2", "--tier", "2"]
+        res = peers[0].hd.cli("agents", "add", *eve)
         assert res.exit_code == 0, res.output
 
         # Overdue tickets (processed ten minutes ago, first response due in one minute):
@@ -298,7 +299,8 @@ def test_three_daemons_on_one_postgresql_database_exactly_once(
         assert sorted(n for _, n in updates) == [1] * len(overdue)
         escalations = query(
             fresh_pg,
-            "SELECT ticket, count(*) FROM outbox WHERE kind = 'escalation' AND ticket = ANY(%s) GROUP BY ticket",
+            "SELECT ticket, count(*) FROM outbox WHERE kind = 'escalation' AND ticket = ANY(%s) "
+            "GROUP BY ticket",
             list(overdue),
         )
         assert sorted(n for _, n in escalations) == [1] * len(overdue)
