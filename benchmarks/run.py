@@ -72,6 +72,7 @@ def main() -> None:
         ["bench_smtp.py", "--messages", str(n_smtp)],
         ["bench_imap.py", "--messages", str(n_imap)],
         ["bench_daemon.py", "--smtp", str(n_smtp), "--imap", str(n_imap)],
+        ["bench_daemons.py", "--smtp", str(n_smtp)],
         ["bench_timers.py", "--tickets", str(n_tickets)],
         ["bench_report.py", "--tickets", str(n_tickets)],
     ]

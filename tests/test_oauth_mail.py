@@ -16,8 +16,10 @@ import base64
 import email
 import json
 import logging
+import signal
 import smtplib
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -443,3 +445,84 @@ def test_the_smarthost_refuses_a_wrong_token_with_an_error_challenge(smarthosts,
         assert client.docmd("AUTH", "XOAUTH2 " + b64(oauth.xoauth2(SMTP_USER, good)))[0] == 235
         assert client.docmd("MAIL", "FROM:<a@helpdesk.test>")[0] == 250
     assert host.sink.after_error == [b"", b"\x01", b""]
+
+
+# --- the daemon: a revoked refresh token in /healthz, and nothing lost ------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_daemon_shows_a_revoked_mailbox_failing_and_catches_up_after_a_new_login(
+    dovecot_oauth, provider, helpdesk, tmp_path, monkeypatch
+):
+    from test_daemon import DaemonProc
+
+    monkeypatch.delenv(UNSET_ENV, raising=False)
+    box = dovecot_oauth.account()
+    token_file = tmp_path / "oauth" / "mail.json"
+    cfg = OAuth(
+        provider="custom",
+        client_id=provider.client_id,
+        token_url=provider.token_url,
+        token_file=str(token_file),
+    )
+    first_rt = sign_in(provider, cfg, box.user)
+    d = DaemonProc(helpdesk)
+    d.configure(f"""
+        [[imap]]
+        host = "{box.host}"
+        port = {box.port}
+        tls = "none"
+        user = "{box.user}"
+        auth = "xoauth2"
+        oauth = "mail"
+        history_days = 0
+        [oauth.mail]
+        provider = "custom"
+        client_id = "{provider.client_id}"
+        token_url = "{provider.token_url}"
+        token_file = "{token_file}"
+    """)
+    key = f"{box.user}@{box.host}:{box.port}/INBOX"
+
+    def health() -> dict:
+        try:
+            return json.loads(d.get("/healthz"))
+        except urllib.error.HTTPError as exc:  # 503 carries the same JSON
+            return json.loads(exc.read())
+
+    try:
+        d.start()
+        box.append(mail(subject="Signed in", message_id="<signed-in@customer.test>"))
+        wait_for(lambda: box.unseen() == [] and box.uids(), 30, "the first mail taken")
+        assert health()["mailboxes"][key] == {"held": True, "problem": None}
+
+        issued = [t for t, (user, _) in provider.access.items() if user == box.user]
+        assert issued  # the daemon signed in with one
+        provider.revoke()  # an admin revoked the app's consent at the provider
+        dovecot_oauth.restart()  # every IMAP session ends: the daemon must sign in again
+        box.append(mail(subject="While revoked", message_id="<while-revoked@customer.test>"))
+        # (First the restart's reset connection; then the sign-in that cannot be done.)
+        failing = wait_for(
+            lambda: LOGIN_HINT in ((h := health())["mailboxes"][key]["problem"] or "") and h,
+            30,
+            "the failure",
+        )
+        problem = failing["mailboxes"][key]["problem"]
+        assert "refresh token" in problem and LOGIN_HINT in problem
+        assert failing["problems"][f"imap {key}"] == problem
+        assert failing["ok"] is True  # SMTP still takes mail
+        assert len(box.unseen()) == 1  # it waits on the server
+        log = d.log.read_text()
+        assert first_rt not in log and not any(t in log for t in issued)  # no token logged
+
+        sign_in(provider, cfg, box.user)  # `mailticket oauth login mail` again
+        wait_for(lambda: box.unseen() == [], 60, "the waiting mail taken after the new login")
+        wait_for(lambda: health()["mailboxes"][key]["problem"] is None, 30, "the mailbox healthy again")
+
+        def subjects() -> set[str]:
+            return {t["subject"] for t in json.loads(helpdesk.cli("ticket", "list", "--json").output)}
+
+        wait_for(lambda: {"Signed in", "While revoked"} <= subjects(), 30, "both tickets")
+        assert d.stop() == 0
+    finally:
+        d.stop(signal.SIGKILL)
