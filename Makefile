@@ -25,7 +25,7 @@ test-deps:
 
 ## test: set up everything the tests need and run the whole suite (SQLite and PostgreSQL)
 test: $(STAMP) test-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 ## wheel-smoke: build the wheel, install it into a fresh venv, init + ingest + show one ticket
 wheel-smoke: $(STAMP)

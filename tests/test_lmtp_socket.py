@@ -395,6 +395,7 @@ def test_a_missing_folder_is_an_error_naming_it(serve, desk):
 # --- a real MTA --------------------------------------------------------------------------------
 
 
+@pytest.mark.xdist_group("postfix")  # with test_postfix.py: one private Postfix at a time
 def test_postfix_delivers_over_the_socket_as_the_user_postfix(postfix, service_root):
     """docs/deploy.md's socket recipe, followed: Postfix's lmtp client (user postfix)
     reaches the socket through its group and mode, and only so."""

@@ -29,6 +29,9 @@ PIPE = "Through a pipe"
 SUPPORT = "support@example.com"
 SENDER = "alice@customer.test"
 
+# With `pytest -n`, every Postfix test runs in one worker: one private Postfix at a time.
+pytestmark = pytest.mark.xdist_group("postfix")
+
 
 class ServiceDaemon(DaemonProc):
     """`mailticket run` as the service user from its venv, with the doc's [smtp] block."""
