@@ -30,16 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import grp
 import logging
-import os
-import pwd
 import queue
 import re
 import socket
 import ssl
-import stat
 import threading
 import weakref
 from collections.abc import Callable
@@ -49,7 +44,7 @@ from typing import Any, AnyStr, cast
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from . import inbox, smtp_limits
+from . import inbox, smtp_limits, unix_socket
 from .clock import Clock
 from .config import Config, host_port
 from .errors import ConfigError, StorageError
@@ -409,55 +404,15 @@ class Listener:
         return self
 
     def _bind_unix(self) -> socket.socket:
-        """The Unix socket at `path`, bound, with its owner and mode, not yet listening.
-
-        Bound here rather than by asyncio's create_unix_server, which removes any socket
-        file at the path first, a live daemon's too.  Nothing can connect before the
-        listen() that follows, so no client ever sees the socket with the umask's mode.
-        """
+        """The Unix socket, bound with its owner and mode, not yet listening (unix_socket.py)."""
         assert self.path is not None
-        path, where = self.path, f"[smtp] listen = unix:{self.path}"
-        folder = os.path.dirname(path) or "."
-        # Not created here: under /run it is systemd's RuntimeDirectory= (docs/deploy.md),
-        # whose owner and mode are the service's; a folder we made as root would not be.
-        if not os.path.isdir(folder):
-            raise ConfigError(
-                f"{where}: the folder {folder} does not exist (create it, or let systemd's "
-                "RuntimeDirectory= make it)"
-            )
-        uid, gid = _owner(self.socket_owner)  # an unknown name fails before any file is made
-        _clear_stale_socket(path, where)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(path)  # EADDRINUSE if a socket appeared meanwhile
-        except BaseException:
-            sock.close()
-            raise
-        self.socket_inode = os.stat(path).st_ino
-        try:
-            if (uid, gid) != (-1, -1):
-                try:
-                    os.chown(path, uid, gid)
-                except PermissionError as exc:
-                    raise ConfigError(
-                        f"[smtp] socket_owner = {self.socket_owner!r}: cannot give {path} to it: "
-                        f"{exc.strerror} (only root gives a file away; a daemon running as its "
-                        "user may choose a group it is a member of)"
-                    ) from None
-            os.chmod(path, int(self.socket_mode, 8))
-        except BaseException:
-            sock.close()
-            self._remove_socket()
-            raise
+        sock, self.socket_inode = unix_socket.bind(self.path, self.socket_mode, self.socket_owner)
         return sock
 
     def _remove_socket(self) -> None:
         """Remove the socket file we made; not one that has replaced it since."""
-        if self.path is None or self.socket_inode is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            if os.lstat(self.path).st_ino == self.socket_inode:
-                os.unlink(self.path)
+        if self.path is not None and self.socket_inode is not None:
+            unix_socket.remove(self.path, self.socket_inode)
         self.socket_inode = None
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -542,58 +497,3 @@ def _client(peer: Any) -> str:
     """The client's address: on TCP the peer is (host, port, ...); on a Unix socket it is
     the client's path, "" when it has none (aiosmtpd types it as str)."""
     return str(peer[0]) if isinstance(peer, tuple) and peer else UNIX_CLIENT
-
-
-def _owner(owner: str) -> tuple[int, int]:
-    """`[smtp] socket_owner` ("user", "user:group", ":group"; names or numbers) as
-    (uid, gid), -1 for a part not given (os.chown leaves it)."""
-    user, _, group = owner.partition(":")
-
-    def find(name: str, kind: str, lookup: Callable[[str], int]) -> int:
-        if not name:
-            return -1
-        if name.isdigit():
-            return int(name)
-        try:
-            return lookup(name)
-        except KeyError:
-            raise ConfigError(
-                f"[smtp] socket_owner = {owner!r}: no {kind} {name!r} on this machine"
-            ) from None
-
-    return (
-        find(user, "user", lambda n: pwd.getpwnam(n).pw_uid),
-        find(group, "group", lambda n: grp.getgrnam(n).gr_gid),
-    )
-
-
-def _clear_stale_socket(path: str, where: str) -> None:
-    """Remove a socket file left by a daemon that was killed; leave anything else.
-
-    A socket that refuses connections has no server: it goes.  One that answers (or
-    keeps us waiting) is another daemon's: EADDRINUSE, as for a TCP port in use.  A path
-    that is not a socket is never removed.  When we cannot tell (no permission to
-    connect), the file stays and bind() fails with EADDRINUSE.
-    """
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(
-            f"{where}: {path} exists and is not a socket (left alone: remove it or listen elsewhere)"
-        )
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except ConnectionRefusedError:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            log.info("removed the stale socket %s (no server answers on it)", path)
-            return
-        except TimeoutError:  # a server whose backlog is full: busy, not gone
-            pass
-        except OSError:
-            return
-    raise OSError(errno.EADDRINUSE, f"another server answers on {path}")

@@ -8,6 +8,7 @@ dropped at the end).  PostgreSQL is required, never skipped: `make test` and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -22,28 +23,35 @@ pytest_plugins = ["conftest_dovecot", "postfix"]  # private Dovecot (IMAP tests)
 PG_ADMIN_DSN = os.environ.get("MAILTICKET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture(scope="session")
-def pg_url():
-    """A fresh PostgreSQL database for this test run."""
+@contextlib.contextmanager
+def new_pg_database(prefix: str = "mailticket_test_"):
+    """A new, empty PostgreSQL database (a random name) for as long as the block lasts."""
     import psycopg2
 
-    name = "mailticket_test_" + secrets.token_hex(4)
+    name = prefix + secrets.token_hex(4)
     conn = psycopg2.connect(PG_ADMIN_DSN)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_DSN.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    from mailticket.models import database_proxy
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.close()
 
-    if database_proxy.obj is not None:
-        database_proxy.obj.close()
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    conn.close()
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh PostgreSQL database for this test run."""
+    with new_pg_database() as url:
+        yield url
+        from mailticket.models import database_proxy
+
+        if database_proxy.obj is not None:
+            database_proxy.obj.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

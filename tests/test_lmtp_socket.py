@@ -336,7 +336,7 @@ def test_an_unknown_owner_is_an_error_naming_the_key_and_leaves_no_file(serve, d
 
 
 def test_a_stale_socket_of_a_killed_daemon_is_replaced(serve, desk, caplog):
-    caplog.set_level(logging.INFO, logger="mailticket.smtp")
+    caplog.set_level(logging.INFO, logger="mailticket.unix_socket")
     path = desk.root / SOCKET
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(path))  # a killed daemon leaves its socket file; nothing answers on it

@@ -18,7 +18,6 @@ And on SQLite a second daemon on the same file is refused, naming the first.
 from __future__ import annotations
 
 import json
-import secrets
 import signal
 import smtplib
 import subprocess
@@ -29,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg2
 import pytest
-from conftest import PG_ADMIN_DSN, Helpdesk
+from conftest import Helpdesk, new_pg_database
 from helpers import wait_for
 from mails import mail
 from test_daemon import DaemonProc
@@ -48,16 +47,8 @@ IMAP_EACH = 15  # per mailbox, before the kill and again after it
 @pytest.fixture
 def fresh_pg():
     """A database of its own, empty: the three daemons migrate it at once."""
-    name = "mailticket_multi_" + secrets.token_hex(4)
-    admin = psycopg2.connect(PG_ADMIN_DSN)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    with admin.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    admin.close()
+    with new_pg_database("mailticket_multi_") as url:
+        yield url
 
 
 class Peer(DaemonProc):
