@@ -620,6 +620,9 @@ def _check(cfg: Config, problems: list[str]) -> None:
         if box.auth != "password" and box.oauth not in cfg.oauth:
             known = ", ".join(cfg.oauth) or "none; add an [oauth.NAME] table"
             note(f"{where} oauth: auth = {box.auth!r} needs an [oauth.NAME] named here (known: {known})")
+    out = cfg.outgoing
+    if out.transport == "smtp" and out.auth != "password" and not out.username:
+        note(f"[outgoing] username: required with auth = {out.auth!r} (the account the token signs in)")
     for name, o in cfg.oauth.items():
         if not o.client_id:
             note(f"[oauth.{name}] client_id: required (the app registration's client id)")

@@ -199,6 +199,7 @@ class Daemon:
         what was opened is closed again.
         """
         try:
+            self._take_back_leases()
             self._open_edges()
         except BaseException:
             self.stop.set()
@@ -210,6 +211,13 @@ class Daemon:
         for child in self.children:
             child.start()
         self._thread("metrics", self._metrics_loop)
+
+    def _take_back_leases(self) -> None:
+        """On SQLite this daemon is alone (`one_daemon`): the mailbox leases a killed
+        predecessor held (under another HOST:PID) are free now, not after they run out."""
+        if self.config.database.is_sqlite and self.config.imap:
+            if freed := leases.release_all():
+                log.info("imap: %d mailbox lease(s) of a previous run released", freed)
 
     def _open_edges(self) -> None:
         cfg = self.config
@@ -335,7 +343,9 @@ class Daemon:
         detail = {name: name not in problems for name in ("worker", "outbox", "timers", "edges", "database")}
         detail["outbox"] = detail["outbox"] and "smarthost" not in problems
         jobs = {"timers": {"running": detail["timers"], **self.timers_pass}}
-        holds = {"mailboxes": sorted(k for k, b in mailboxes.items() if b["held"]), "jobs": ["timers"]}
+        held = sorted(k for k, b in mailboxes.items() if b["held"])
+        # Every daemon runs the timed jobs' passes; each ticket and job row is taken by one.
+        holds = {"mailboxes": held, "jobs": ["timers"] if detail["timers"] else []}
         return ok, {
             **detail,
             "daemon": self.name,

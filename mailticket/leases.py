@@ -89,6 +89,13 @@ def release(mailbox: str, holder: str) -> None:
         ).execute()
 
 
+def release_all() -> int:
+    """Every lease given back (a daemon alone on its database, at start); how many."""
+    with writing():
+        held = ImapState.holder.is_null(False)
+        return ImapState.update(holder=None, lease_until=None).where(held).execute()
+
+
 def leases(mailboxes: list[str]) -> dict[str, Lease]:
     """The leases of these mailboxes as the database has them (for /healthz)."""
     rows = ImapState.select(ImapState.mailbox, ImapState.holder, ImapState.lease_until).where(

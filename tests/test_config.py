@@ -46,7 +46,10 @@ def test_errors_name_file_and_key(tmp_path, text, expected):
 
 
 def test_imap_sections_and_ours(tmp_path):
-    cfg = config.load(write(tmp_path, """
+    cfg = config.load(
+        write(
+            tmp_path,
+            """
 [helpdesk]
 address = "help@desk.test"
 aliases = ["sales@desk.test"]
@@ -56,7 +59,9 @@ domains = ["support.test"]
 host = "imap.test"
 user = "u"
 password_env = "PW"
-"""))
+""",
+        )
+    )
     assert cfg.imap[0].host == "imap.test" and cfg.imap[0].port == 993
     assert cfg.is_ours("SALES@desk.test") and cfg.accepts("anyone@support.test")
     assert not cfg.is_ours("alice@customer.test") and not cfg.accepts("alice@customer.test")
@@ -79,3 +84,14 @@ def test_secret_from_env_and_file(tmp_path, monkeypatch):
     assert config.read_secret("", str(tmp_path / "pw"), "[imap]") == "fromfile"
     with pytest.raises(ConfigError, match="NOPE_PW is not set"):
         config.read_secret("NOPE_PW", "", "[imap]")
+
+
+def test_oauth2_smarthost_needs_the_account_name(tmp_path):
+    data = {
+        "outgoing": {"transport": "smtp", "auth": "xoauth2", "oauth": "m365"},
+        "oauth": {"m365": {"provider": "microsoft", "client_id": "app"}},
+    }
+    with pytest.raises(ConfigError, match=r"\[outgoing\] username: required with auth = 'xoauth2'"):
+        config.from_dict(data, tmp_path / "mailticket.toml")
+    data["outgoing"]["username"] = "support@example.com"
+    assert config.from_dict(data, tmp_path / "mailticket.toml").outgoing.oauth == "m365"

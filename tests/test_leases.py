@@ -245,3 +245,38 @@ def test_healthz_shows_a_failing_mailbox_and_stays_ok(helpdesk, dovecot, monkeyp
         assert health["jobs"]["timers"]["running"] is True
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_daemon_alone_on_sqlite_takes_back_a_killed_runs_leases_at_once(helpdesk, dovecot, monkeypatch):
+    """A daemon killed with SIGKILL left its mailbox's lease (as HOST:PID) with a long time
+    to run; on SQLite the next daemon is alone (one_daemon) and takes it at start."""
+    monkeypatch.setenv(PASSWORD_ENV, dovecot.password)
+    key = mailbox_key(Imap(host=dovecot.host, port=dovecot.port, user=dovecot.user))
+    db = open_database(helpdesk.db_url)
+    ImapState.insert(
+        mailbox=key,
+        uidvalidity=None,
+        last_uid=0,
+        holder="ghost:4242",
+        lease_until=datetime.now(timezone.utc) + timedelta(hours=1),
+    ).execute()
+    db.close()
+    d = DaemonProc(helpdesk)
+    d.configure(f"""
+        [[imap]]
+        host = "{dovecot.host}"
+        port = {dovecot.port}
+        tls = "none"
+        user = "{dovecot.user}"
+        password_env = "{PASSWORD_ENV}"
+        history_days = 0
+    """)
+    try:
+        d.start()
+        dovecot.append(mail(subject="Straight after the restart"))
+        wait_for(lambda: dovecot.unseen() == [], 20, "the mail taken without waiting for the old lease")
+        health = json.loads(d.get("/healthz"))
+        assert health["holds"]["mailboxes"] == [key]
+    finally:
+        d.stop()
