@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from .. import report, report_html
+from .. import report
 from .base import Ctx, emit_json, json_option, main, table
 
 CSV_COLUMNS = (
@@ -74,6 +74,8 @@ def report_command(
     start, end = report.day_bounds(first, last, tz)
     data = report.compute(app.config, start, end, by)
     if html_file:
+        from .. import report_html  # matplotlib: half a second, only for --html
+
         Path(html_file).write_text(report_html.render(data), encoding="utf-8")
     if as_json:
         emit_json(data)
