@@ -368,9 +368,13 @@ class Daemon:
             finally:
                 reset_connection()  # this request's thread: no connection left behind
         for poller in self.pollers:
-            box: dict = {"held": poller.holding, "problem": poller.problem}
             lease = held.get(poller.key)
-            if lease is not None and lease.holder != self.name:
+            # The database says who holds it; the poller's own flag is only a fallback (the
+            # database unreadable): a poller starved past its lease still believes it holds
+            # the mailbox until its next renewal tells it otherwise.
+            mine = poller.holding if lease is None else lease.holder == self.name
+            box: dict = {"held": mine, "problem": poller.problem}
+            if lease is not None and not mine:
                 box["held_by"] = lease.holder
                 box["lease_until"] = lease.until.isoformat() if lease.until else None
             out[poller.key] = box

@@ -73,12 +73,10 @@ def take(mailbox: str, holder: str, seconds: int, clock: Clock) -> bool:
         if got:
             return True
         # A mailbox seen for the first time has no row yet: whoever inserts it holds it.
-        inserted = (
-            ImapState.insert(mailbox=mailbox, uidvalidity=None, last_uid=0, holder=holder, lease_until=until)
-            .on_conflict_ignore()
-            .execute()
-        )
-        return bool(inserted) and ImapState.get(ImapState.mailbox == mailbox).holder == holder
+        ImapState.insert(
+            mailbox=mailbox, uidvalidity=None, last_uid=0, holder=holder, lease_until=until
+        ).on_conflict_ignore().execute()
+        return ImapState.get(ImapState.mailbox == mailbox).holder == holder
 
 
 def release(mailbox: str, holder: str) -> None:

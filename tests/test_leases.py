@@ -23,6 +23,7 @@ import pytest
 from helpers import wait_for
 from mails import mail
 from test_daemon import DaemonProc
+from test_several_daemons import imap_block
 
 from mailticket import models
 from mailticket.clock import SystemClock
@@ -221,14 +222,7 @@ def test_schema_7_database_gets_the_keys_of_what_it_processed(helpdesk):
 def test_healthz_shows_a_failing_mailbox_and_stays_ok(helpdesk, dovecot, monkeypatch):
     monkeypatch.setenv(PASSWORD_ENV, "not-the-password")
     d = DaemonProc(helpdesk)
-    d.configure(f"""
-        [[imap]]
-        host = "{dovecot.host}"
-        port = {dovecot.port}
-        tls = "none"
-        user = "{dovecot.user}"
-        password_env = "{PASSWORD_ENV}"
-    """)
+    d.configure(imap_block(dovecot, PASSWORD_ENV))
     key = mailbox_key(Imap(host=dovecot.host, port=dovecot.port, user=dovecot.user))
     try:
         d.start()
@@ -263,15 +257,7 @@ def test_a_daemon_alone_on_sqlite_takes_back_a_killed_runs_leases_at_once(helpde
     ).execute()
     db.close()
     d = DaemonProc(helpdesk)
-    d.configure(f"""
-        [[imap]]
-        host = "{dovecot.host}"
-        port = {dovecot.port}
-        tls = "none"
-        user = "{dovecot.user}"
-        password_env = "{PASSWORD_ENV}"
-        history_days = 0
-    """)
+    d.configure(imap_block(dovecot, PASSWORD_ENV))
     try:
         d.start()
         dovecot.append(mail(subject="Straight after the restart"))
